@@ -1,0 +1,1 @@
+"""Activity classes, grouped by what they depend on; built once in the worker."""

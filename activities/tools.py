@@ -1,0 +1,53 @@
+"""The activity that runs one tool call."""
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+
+from activities.tool_registry import ToolContext, ToolError, ToolRegistry
+from activities.transcript import find_message, tool_result_block, write_message
+from core.db import session_scope
+from schemas.agent_task import ToolCallInput, ToolCallResult
+
+PREVIEW_CHARS = 200
+
+
+class ToolActivities:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], tools: ToolRegistry) -> None:
+        self._sessions = sessions
+        self._tools = tools
+
+    @activity.defn
+    async def run_tool(self, request: ToolCallInput) -> ToolCallResult:
+        """Run the tool and write its result into the transcript. Bad arguments and the
+        tool's own expected errors become `is_error` results for Claude to see."""
+        async with session_scope(self._sessions) as session:
+            done = await find_message(session, request.task_id, request.result_seq)
+        if done is not None:
+            block = done.content[0]
+            return ToolCallResult(
+                is_error=block["is_error"], preview=block["content"][:PREVIEW_CHARS]
+            )
+        tool = self._tools.get(request.call.name)
+        if tool is None:
+            raise ValueError(f"tool {request.call.name!r} is not registered on this worker")
+        context = ToolContext(
+            user_id=request.user_id, task_id=request.task_id, sessions=self._sessions
+        )
+        try:
+            arguments = tool.args_model.model_validate(request.call.arguments)
+            text, is_error = await tool.handler(context, arguments), False
+        except ValidationError as exc:
+            text, is_error = f"invalid arguments for {tool.name}: {exc}", True
+        except ToolError as exc:
+            text, is_error = str(exc), True
+        async with session_scope(self._sessions) as session:
+            await write_message(
+                session,
+                request.task_id,
+                request.result_seq,
+                "user",
+                [tool_result_block(request.call.id, text, is_error)],
+            )
+        return ToolCallResult(is_error=is_error, preview=text[:PREVIEW_CHARS])

@@ -1,0 +1,167 @@
+"""Agent tasks: start one, follow it, list them."""
+
+from datetime import datetime
+from uuid import uuid4
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlmodel import col, delete, select
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
+from core.agents import UnknownAgent
+from core.records import insert_task_row
+from schemas import search_attributes
+from schemas.agent_task import (
+    TERMINAL_STATUSES,
+    StartAgentTaskInput,
+    TaskProgress,
+    TaskStatus,
+    Usage,
+)
+from schemas.api import CreateTaskRequest, TaskCreated, TaskPage, TaskResultBody, TaskView
+from schemas.tables import Task
+from workflows.agent_task import AgentTaskWorkflow
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+
+def workflow_id(task_id: str) -> str:
+    return f"task-{task_id}"
+
+
+def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
+    """The task as the API shows it: live progress while it runs, the projection after."""
+    if progress is None:
+        progress = TaskProgress.model_validate(
+            {
+                "task_id": task.id,
+                "status": task.status,
+                "phase": task.status,
+                "steps": task.steps,
+                "usage": task.usage,
+                "stop_reason": task.stop_reason,
+                "result_text": task.result_text,
+                "error": task.error,
+            }
+        )
+    finished = progress.status in TERMINAL_STATUSES
+    return TaskView(
+        id=task.id,
+        status=progress.status,
+        phase=progress.phase,
+        agent=task.agent,
+        channel=task.channel,
+        prompt=task.prompt,
+        created_at=task.created_at,
+        steps=progress.steps,
+        usage=progress.usage or Usage(),
+        stop_reason=progress.stop_reason,
+        result=TaskResultBody(text=progress.result_text) if finished else None,
+        error=progress.error,
+    )
+
+
+async def _live_progress(client: Client, task: Task) -> TaskProgress | None:
+    """The running workflow's progress, or None when only the projection can tell."""
+    handle = client.get_workflow_handle(workflow_id(task.id))
+    try:
+        return await handle.query(AgentTaskWorkflow.progress)
+    except WorkflowQueryFailedError:
+        return None  # not begun yet: the projection row says "running"
+    except RPCError as exc:
+        raise ServiceUnavailable(f"Temporal could not answer: {exc.message}") from exc
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskCreated)
+async def create_task(
+    body: CreateTaskRequest,
+    user: CurrentUser,
+    session: DbSession,
+    client: TemporalClient,
+    settings: AppSettings,
+    agents: Agents,
+) -> TaskCreated:
+    """Start an agent task; follow it with GET /v1/tasks/{id}."""
+    try:
+        agents.get(body.agent)
+    except UnknownAgent:
+        names = ", ".join(profile.name for profile in agents.all())
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"agent: unknown agent {body.agent!r}; known agents: {names}",
+        ) from None
+    task = StartAgentTaskInput(
+        task_id=str(uuid4()),
+        user_id=user.id,
+        prompt=body.prompt,
+        agent=body.agent,
+        channel="api",
+        max_steps=body.max_steps,
+        max_tokens=body.max_tokens,
+    )
+    # The row first, so the task is listed and owned the moment it exists; removed again
+    # if Temporal refuses the start, so nothing half-written is left behind.
+    await insert_task_row(session, task)
+    await session.commit()
+    try:
+        await client.start_workflow(
+            AgentTaskWorkflow.run,
+            task,
+            id=workflow_id(task.task_id),
+            task_queue=settings.task_queue,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search_attributes.USER_ID, user.id),
+                    SearchAttributePair(search_attributes.CHANNEL, task.channel),
+                    SearchAttributePair(search_attributes.AGENT, task.agent),
+                    SearchAttributePair(search_attributes.PHASE, TaskStatus.RUNNING.value),
+                ]
+            ),
+            static_summary=f"{user.name}: {body.prompt[:80]}",
+        )
+    except RPCError as exc:
+        await session.execute(delete(Task).where(col(Task.id) == task.task_id))
+        await session.commit()
+        raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
+    return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
+
+
+@router.get("/{task_id}", response_model=TaskView)
+async def get_task(
+    task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
+) -> TaskView:
+    """A task's status, steps, usage and result; another user's task answers 404."""
+    task = (
+        await session.exec(select(Task).where(Task.id == task_id, Task.user_id == user.id))
+    ).first()
+    if task is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
+    if task.status in TERMINAL_STATUSES:
+        return _view(task)
+    return _view(task, await _live_progress(client, task))
+
+
+@router.get("", response_model=TaskPage)
+async def list_tasks(
+    user: CurrentUser,
+    session: DbSession,
+    status_filter: TaskStatus | None = Query(default=None, alias="status"),
+    limit: int = Query(default=20, ge=1, le=100),
+    cursor: datetime | None = Query(
+        default=None, description="`next_cursor` of the previous page"
+    ),
+) -> TaskPage:
+    """The caller's tasks, newest first, from the tasks projection."""
+    statement = select(Task).where(Task.user_id == user.id)
+    if status_filter is not None:
+        statement = statement.where(Task.status == status_filter.value)
+    if cursor is not None:
+        statement = statement.where(col(Task.created_at) < cursor)
+    rows = list(
+        await session.exec(statement.order_by(col(Task.created_at).desc()).limit(limit + 1))
+    )
+    page = rows[:limit]
+    next_cursor = page[-1].created_at.isoformat() if len(rows) > limit else None
+    return TaskPage(items=[_view(task) for task in page], next_cursor=next_cursor)

@@ -1,0 +1,1 @@
+"""Keel's plumbing: settings, logging, database and the Temporal client factory."""

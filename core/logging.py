@@ -1,0 +1,66 @@
+"""structlog configured once per process; stdlib and Temporal loggers render through it."""
+
+import logging
+import sys
+
+import structlog
+from temporalio import activity, workflow
+
+_SECRET_KEYS = ("api_key", "authorization", "token", "password", "secret")
+
+
+def _clean_event(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Blank any field whose name says it holds a secret, so keys never reach logs, and
+    drop uvicorn's terminal-colour duplicate of the message."""
+    event.pop("color_message", None)
+    for key in event:
+        if any(marker in key.lower() for marker in _SECRET_KEYS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
+    """Route structlog and stdlib logging (Temporal's workflow and activity loggers
+    included) through one renderer: JSON off a TTY, readable lines on one."""
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+        _clean_event,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # httpx logs every request line, Anthropic's included; keep them at warnings.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # Temporal's loggers put workflow and activity info in `extra`; keep messages plain.
+    activity.logger.activity_info_on_message = False
+    workflow.logger.workflow_info_on_message = False

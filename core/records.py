@@ -1,0 +1,64 @@
+"""Writes shared by the API, the CLI and the activities: users, API keys, task rows."""
+
+import hashlib
+import secrets
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from schemas.agent_task import StartAgentTaskInput, TaskStatus
+from schemas.tables import ApiKey, Task, User, utcnow
+
+API_KEY_PREFIX = "keel_"
+
+
+def hash_api_key(key: str) -> str:
+    """Keys are 256-bit random strings, so a plain SHA-256 is a sound one-way store."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_user(session: AsyncSession, name: str, *, is_admin: bool = False) -> tuple[User, str]:
+    """Create a user and a first API key; the key is returned once and only its hash kept."""
+    existing = (await session.exec(select(User).where(User.name == name))).first()
+    if existing is not None:
+        raise ValueError(f"a user named {name!r} already exists")
+    user = User(name=name, is_admin=is_admin)
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(user)
+    await session.flush()
+    session.add(ApiKey(user_id=user.id, key_hash=hash_api_key(key), prefix=key[:12]))
+    return user, key
+
+
+async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
+    """The user owning this key, if the key exists and is not revoked."""
+    statement = (
+        select(User)
+        .join(ApiKey)
+        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at == None)  # noqa: E711
+    )
+    return (await session.exec(statement)).first()
+
+
+async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> None:
+    """Create the task's projection row unless it exists: the API writes it before the
+    workflow starts, while a task started by a schedule is first written by its workflow."""
+    now = utcnow()
+    statement = (
+        insert(Task)
+        .values(
+            id=task.task_id,
+            user_id=task.user_id,
+            agent=task.agent,
+            channel=task.channel,
+            prompt=task.prompt,
+            status=TaskStatus.RUNNING.value,
+            usage={},
+            steps=[],
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing()
+    )
+    await session.execute(statement)

@@ -1,0 +1,13 @@
+"""Agent profiles: configuration, loaded from a TOML file."""
+
+from pydantic import BaseModel, Field
+
+
+class AgentProfile(BaseModel):
+    name: str
+    description: str = ""
+    model: str | None = Field(default=None, description="Unset means KEEL_DEFAULT_MODEL.")
+    system_prompt: str
+    tools: list[str]
+    max_steps: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)

@@ -1,0 +1,98 @@
+"""Keel's Postgres tables. Never Temporal payloads: pass IDs or plain models instead."""
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import Column, DateTime, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid4())
+
+
+def _timestamp() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    timezone: str = "UTC"
+    is_admin: bool = False
+    created_at: datetime = _timestamp()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as its SHA-256 hash; `prefix` lets a person tell keys apart."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    key_hash: str = Field(unique=True)
+    prefix: str
+    created_at: datetime = _timestamp()
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class Task(SQLModel, table=True):
+    """The projection of one agent task: what happened, kept after Temporal's retention."""
+
+    __tablename__ = "tasks"
+
+    id: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    agent: str
+    channel: str
+    prompt: str
+    status: str = Field(index=True)
+    stop_reason: str | None = None
+    result_text: str | None = None
+    error: str | None = None
+    usage: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSONB, nullable=False)
+    )
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Message(SQLModel, table=True):
+    """One transcript entry of a task, in Anthropic content-block form. Written once per
+    (task, seq): a retried activity finds its row and does not write or call again."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("task_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(foreign_key="tasks.id", index=True)
+    seq: int
+    role: str
+    content: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    stop_reason: str | None = None
+    usage: dict[str, int] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    created_at: datetime = _timestamp()
+
+
+class Note(SQLModel, table=True):
+    """A note in a user's virtual file system, addressed by path."""
+
+    __tablename__ = "notes"
+    __table_args__ = (UniqueConstraint("user_id", "path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    path: str
+    content: str
+    updated_at: datetime = _timestamp()

@@ -1,0 +1,1 @@
+"""Process entry points: the `keel` CLI, the worker, the API server and the dev stack."""

@@ -1,0 +1,71 @@
+"""The Temporal worker: every workflow and activity, built once over shared clients."""
+
+import asyncio
+import os
+
+import anthropic
+import structlog
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.builtin_tools import builtin_registry
+from activities.llm import LlmActivities
+from activities.store import StoreActivities
+from activities.tools import ToolActivities
+from core.agents import AgentCatalog
+from core.db import create_engine, session_factory
+from core.settings import Settings
+from core.temporal import connect_temporal
+from workflows.agent_task import AgentTaskWorkflow
+
+log = structlog.get_logger(__name__)
+
+
+def anthropic_client() -> anthropic.AsyncAnthropic | None:
+    """The Claude client, or None for the offline scripted model when no key is set.
+    Temporal retries Claude calls, so the SDK must not (`max_retries=0`)."""
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        log.warning("no ANTHROPIC_API_KEY: tasks run on the offline scripted model, not Claude")
+        return None
+    return anthropic.AsyncAnthropic(max_retries=0)
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    claude: anthropic.AsyncAnthropic | None,
+    task_queue: str | None = None,
+) -> Worker:
+    tools = builtin_registry()
+    agents = AgentCatalog.load(settings.agents_file)
+    store = StoreActivities(sessions, agents, tools, settings)
+    llm = LlmActivities(claude, sessions, tools)
+    tool_runner = ToolActivities(sessions, tools)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[AgentTaskWorkflow],
+        activities=[
+            store.begin_task,
+            store.record_tool_result,
+            store.finish_task,
+            llm.call_model,
+            tool_runner.run_tool,
+        ],
+    )
+
+
+async def run_worker(
+    settings: Settings, database_url: str, stop: asyncio.Event, temporal_address: str | None = None
+) -> None:
+    """Poll Temporal until `stop` is set, then finish in-flight work and return."""
+    engine = create_engine(database_url)
+    client = await connect_temporal(temporal_address)
+    worker = build_worker(client, settings, session_factory(engine), anthropic_client())
+    log.info("worker polling", task_queue=settings.task_queue)
+    async with worker:
+        await stop.wait()
+    await engine.dispose()

@@ -1,0 +1,1 @@
+"""Temporal workflows: one class per module, deterministic, no I/O imports."""

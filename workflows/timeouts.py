@@ -1,0 +1,32 @@
+"""Every activity timeout and retry policy Keel uses, named in one place."""
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+STORE_TIMEOUT = timedelta(seconds=30)
+STORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+    non_retryable_error_types=["UnknownAgent", "ValueError"],
+)
+
+# A Claude call streams; heartbeats show it is alive, so a lost worker is noticed fast.
+LLM_TIMEOUT = timedelta(minutes=10)
+LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+LLM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=8,
+)
+
+
+def tool_retry(max_attempts: int) -> RetryPolicy:
+    """A tool's retry policy, bounded by the attempts its registration allows."""
+    return RetryPolicy(
+        initial_interval=timedelta(milliseconds=500),
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=max_attempts,
+    )
