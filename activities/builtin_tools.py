@@ -20,7 +20,9 @@ class NoArguments(BaseModel):
 
 
 class NotePath(BaseModel):
-    path: str = Field(pattern=NOTE_PATH_PATTERN, description="The note's path, e.g. 'ideas/today.md'.")
+    path: str = Field(
+        pattern=NOTE_PATH_PATTERN, description="The note's path, e.g. 'ideas/today.md'."
+    )
 
 
 class NoteWrite(NotePath):

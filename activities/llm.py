@@ -1,10 +1,10 @@
 """The activity that makes one Claude call, reading and extending the transcript in Postgres."""
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import anthropic
-import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -27,8 +27,8 @@ PERMANENT_STATUSES = {
 SPEND_LIMIT_MARKERS = ("spend limit", "usage limit", "credit balance", "billing")
 
 
-def _retry_after(response: httpx.Response) -> timedelta | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: Mapping[str, str]) -> timedelta | None:
+    value = headers.get("retry-after")
     try:
         return timedelta(seconds=float(value)) if value is not None else None
     except ValueError:
@@ -52,7 +52,9 @@ def classify_claude_error(exc: Exception) -> ApplicationError:
             error_type = "ClaudeServerError"
         else:
             return ApplicationError(message, type="ClaudeRequestRejected", non_retryable=True)
-        return ApplicationError(message, type=error_type, next_retry_delay=_retry_after(exc.response))
+        return ApplicationError(
+            message, type=error_type, next_retry_delay=_retry_after(exc.response.headers)
+        )
     if isinstance(exc, anthropic.APITimeoutError):
         return ApplicationError(f"Claude timed out: {exc}", type="ClaudeTimeout")
     return ApplicationError(f"could not reach Claude: {exc}", type="ClaudeUnreachable")
@@ -134,8 +136,10 @@ class LlmActivities:
                 async for _event in stream:
                     activity.heartbeat()
                 message = await stream.get_final_message()
-        except (anthropic.APIError, httpx.TransportError) as exc:
+        except anthropic.APIError as exc:
             raise classify_claude_error(exc) from exc
+        # A stream cut mid-response raises the HTTP client's own error, which Temporal
+        # retries as it is.
         content = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
         usage = Usage(
             input_tokens=message.usage.input_tokens,

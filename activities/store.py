@@ -1,8 +1,8 @@
 """Activities that keep Keel's Postgres records of a task."""
 
-from temporalio import activity
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
 
 from activities.tool_registry import ToolRegistry
 from activities.transcript import tool_result_block, write_message
@@ -15,7 +15,6 @@ from schemas.agent_task import (
     StartAgentTaskInput,
     TaskPlan,
     TaskProgress,
-    TaskStatus,
 )
 from schemas.tables import Task, User, utcnow
 

@@ -10,7 +10,9 @@ from schemas.tables import Message, utcnow
 
 
 async def find_message(session: AsyncSession, task_id: str, seq: int) -> Message | None:
-    result = await session.exec(select(Message).where(Message.task_id == task_id, Message.seq == seq))
+    result = await session.exec(
+        select(Message).where(Message.task_id == task_id, Message.seq == seq)
+    )
     return result.first()
 
 
@@ -56,4 +58,9 @@ async def load_conversation(session: AsyncSession, task_id: str) -> list[dict[st
 
 
 def tool_result_block(tool_use_id: str, text: str, is_error: bool) -> dict[str, Any]:
-    return {"type": "tool_result", "tool_use_id": tool_use_id, "content": text, "is_error": is_error}
+    return {
+        "type": "tool_result",
+        "tool_use_id": tool_use_id,
+        "content": text,
+        "is_error": is_error,
+    }

@@ -58,8 +58,9 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request line, Anthropic's included; keep them at warnings.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The HTTP clients log every request line (Anthropic's SDK uses httpx2); warnings only.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # Temporal's loggers put workflow and activity info in `extra`; keep messages plain.
     activity.logger.activity_info_on_message = False

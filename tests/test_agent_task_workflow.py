@@ -1,0 +1,168 @@
+"""AgentTaskWorkflow against the real worker: real activities, real Postgres, the real
+anthropic SDK talking to the fake Messages API. Every test replays its history."""
+
+import uuid
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from core.db import session_scope
+from schemas.agent_task import AgentTaskResult, StartAgentTaskInput, TaskStatus
+from schemas.tables import Message, Note, Task
+from tests.conftest import Account, MakeAccount, assert_replays
+from tests.fake_anthropic import FakeAnthropic, ToolCall, error, text, tool_use
+from workflows.agent_task import AgentTaskWorkflow
+
+
+async def start_task(
+    client: Client, worker: Worker, account: Account, prompt: str, **fields: object
+) -> WorkflowHandle[AgentTaskWorkflow, AgentTaskResult]:
+    task = StartAgentTaskInput.model_validate(
+        {"task_id": str(uuid.uuid4()), "user_id": account.id, "prompt": prompt, **fields}
+    )
+    return await client.start_workflow(
+        AgentTaskWorkflow.run, task, id=f"task-{task.task_id}", task_queue=worker.task_queue
+    )
+
+
+async def transcript(sessions: async_sessionmaker[AsyncSession], task_id: str) -> list[Message]:
+    async with session_scope(sessions) as session:
+        rows = await session.exec(
+            select(Message).where(Message.task_id == task_id).order_by(col(Message.seq))
+        )
+        return list(rows)
+
+
+async def test_task_runs_tools_and_answers(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    fake_claude.script(
+        tool_use(ToolCall("notes_write", {"path": "todo.md", "content": "buy milk"}, id="t1")),
+        tool_use(
+            ToolCall("notes_read", {"path": "todo.md"}, id="t2"),
+            ToolCall("get_current_time", {}, id="t3"),
+        ),
+        text("Your note says: buy milk."),
+    )
+    handle = await start_task(temporal_client, worker, account, "Note that I must buy milk.")
+    result = await handle.result()
+
+    assert result.status is TaskStatus.COMPLETED
+    assert result.text == "Your note says: buy milk."
+    assert result.usage.input_tokens == 30 and result.usage.output_tokens == 15
+    async with session_scope(sessions) as session:
+        note = (await session.exec(select(Note).where(Note.user_id == account.id))).one()
+        task_row = await session.get(Task, result.task_id)
+    assert (note.path, note.content) == ("todo.md", "buy milk")
+    assert task_row is not None and task_row.status == "completed"
+    assert [step["name"] for step in task_row.steps] == [
+        "claude-sonnet-5-5",
+        "notes_write",
+        "claude-sonnet-5-5",
+        "notes_read",
+        "get_current_time",
+        "claude-sonnet-5-5",
+    ]
+
+    # The third request carried both tool results, in the order Claude asked for them.
+    last_turn = fake_claude.requests[2]["messages"][-1]
+    assert last_turn["role"] == "user"
+    assert [block["tool_use_id"] for block in last_turn["content"]] == ["t2", "t3"]
+    assert last_turn["content"][0]["content"] == "buy milk"
+    # The transcript lives in Postgres: prompt, 3 replies, 3 tool results.
+    rows = await transcript(sessions, result.task_id)
+    assert [row.role for row in rows] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "user",
+        "assistant",
+    ]
+    await assert_replays(handle)
+
+
+async def test_bad_tool_arguments_go_back_to_claude(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    fake_claude.script(
+        tool_use(ToolCall("notes_read", {"wrong": 1}, id="bad")),
+        tool_use(ToolCall("delete_everything", {}, id="unknown")),
+        text("Sorry, I could not do that."),
+    )
+    handle = await start_task(temporal_client, worker, account, "Read my note")
+    result = await handle.result()
+
+    assert result.status is TaskStatus.COMPLETED
+    invalid = fake_claude.requests[1]["messages"][-1]["content"][0]
+    assert invalid["is_error"] is True and "invalid arguments for notes_read" in invalid["content"]
+    unknown = fake_claude.requests[2]["messages"][-1]["content"][0]
+    assert unknown["is_error"] is True and "not available to this agent" in unknown["content"]
+    await assert_replays(handle)
+
+
+async def test_permanent_claude_error_fails_fast(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    fake_claude.script(error(400, "invalid_request_error", "messages: bad shape"))
+    handle = await start_task(temporal_client, worker, account, "hello")
+    result = await handle.result()
+
+    assert result.status is TaskStatus.FAILED
+    assert result.error is not None and "ClaudeBadRequest" in result.error
+    assert "messages: bad shape" in result.error
+    assert len(fake_claude.requests) == 1
+    await assert_replays(handle)
+
+
+async def test_transient_claude_error_is_retried(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    fake_claude.script(
+        error(529, "overloaded_error", "overloaded"),
+        error(429, "rate_limit_error", "slow down", headers={"retry-after": "1"}),
+        text("made it"),
+    )
+    handle = await start_task(temporal_client, worker, account, "hello")
+    result = await handle.result()
+
+    assert (result.status, result.text) == (TaskStatus.COMPLETED, "made it")
+    assert len(fake_claude.requests) == 3
+    await assert_replays(handle)
+
+
+async def test_step_budget_stops_a_looping_agent(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    fake_claude.respond_with(lambda _body: tool_use(ToolCall("get_current_time", {})))
+    handle = await start_task(temporal_client, worker, account, "loop forever", max_steps=3)
+    result = await handle.result()
+
+    assert (result.status, result.stop_reason) == (TaskStatus.COMPLETED, "budget_exhausted")
+    assert len(fake_claude.requests) == 3
+    await assert_replays(handle)
