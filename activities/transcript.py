@@ -39,7 +39,7 @@ async def write_message(
         )
         .on_conflict_do_nothing(index_elements=["task_id", "seq"])
     )
-    await session.execute(statement)
+    await session.exec(statement)
 
 
 async def load_conversation(session: AsyncSession, task_id: str) -> list[dict[str, Any]]:

@@ -63,4 +63,4 @@ async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> N
         )
         .on_conflict_do_nothing()
     )
-    await session.execute(statement)
+    await session.exec(statement)

@@ -1,7 +1,7 @@
 """Liveness and readiness."""
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import text
+from sqlmodel import select
 
 from api.deps import DbSession, TemporalClient
 
@@ -17,7 +17,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(session: DbSession, client: TemporalClient, response: Response) -> dict[str, str]:
     """Postgres and Temporal both answer; 503 otherwise."""
-    await session.execute(text("select 1"))
+    await session.exec(select(1))
     healthy = await client.service_client.check_health()
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -122,7 +122,7 @@ async def create_task(
             static_summary=f"{user.name}: {body.prompt[:80]}",
         )
     except RPCError as exc:
-        await session.execute(delete(Task).where(col(Task.id) == task.task_id))
+        await session.exec(delete(Task).where(col(Task.id) == task.task_id))
         await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
     return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
