@@ -1,6 +1,7 @@
 """`keel dev` as a new user runs it: a real subprocess with its own Temporal dev server,
 embedded Postgres, worker and API, Claude pointed at the fake through ANTHROPIC_BASE_URL."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -83,6 +84,11 @@ def stack(tmp_path: Path, fake_claude: FakeAnthropic) -> Iterator[DevStack]:
     yield dev
     if dev.process is not None and dev.process.poll() is None:
         dev.kill_group()
+    # Embedded Postgres runs detached from keel dev; stop it if the test killed the stack.
+    postmaster = tmp_path / ".keel" / "pg" / "postmaster.pid"
+    if postmaster.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(postmaster.read_text().split()[0]), signal.SIGTERM)
 
 
 def wait_for_status(stack: DevStack, task_id: str, key: str, timeout: float) -> dict[str, object]:
