@@ -27,6 +27,9 @@ class User(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     name: str = Field(index=True, unique=True)
     timezone: str = "UTC"
+    instructions: str = Field(
+        default="", sa_column_kwargs={"server_default": ""}, description="Standing instructions."
+    )
     is_admin: bool = False
     created_at: datetime = _timestamp()
 
@@ -64,6 +67,9 @@ class Task(SQLModel, table=True):
     steps: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSONB, nullable=False)
     )
+    plan: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
+    )
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -96,3 +102,26 @@ class Note(SQLModel, table=True):
     path: str
     content: str
     updated_at: datetime = _timestamp()
+
+
+class TaskEvent(SQLModel, table=True):
+    """One event of a task's progress stream; `id` orders events and is the SSE event id."""
+
+    __tablename__ = "task_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(foreign_key="tasks.id", index=True)
+    type: str
+    data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _timestamp()
+
+
+class Memory(SQLModel, table=True):
+    """A fact the user's agent remembers across tasks."""
+
+    __tablename__ = "memories"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    content: str
+    created_at: datetime = _timestamp()
