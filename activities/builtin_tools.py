@@ -1,18 +1,25 @@
 """Keel's built-in tools."""
 
 from datetime import datetime
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy import func
 from sqlmodel import col, select
 
-from activities.tool_registry import Tool, ToolContext, ToolError, ToolRegistry
+from activities.http_fetch import MAX_TEXT_CHARS, HttpFetcher
+from activities.tool_registry import Handler, Tool, ToolContext, ToolError, ToolRegistry
 from core.db import session_scope
-from schemas.agent_task import ToolPolicy
-from schemas.tables import Note, User, utcnow
+from core.records import find_memories
+from schemas.agent_task import PlanUpdate, ToolPolicy
+from schemas.tables import Memory, Note, Task, User, utcnow
 
 NOTE_PATH_PATTERN = r"^[A-Za-z0-9_\-./ ]{1,200}$"
 NOTE_MAX_CHARS = 100_000
+MEMORY_MAX_CHARS = 2000
+RECALL_MAX_LIMIT = 50
+URL_MAX_CHARS = 2000
 
 
 class NoArguments(BaseModel):
@@ -29,12 +36,41 @@ class NoteWrite(NotePath):
     content: str = Field(max_length=NOTE_MAX_CHARS, description="The note's full new text.")
 
 
+class MemoryContent(BaseModel):
+    content: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MEMORY_MAX_CHARS)
+    ] = Field(description="The fact to remember, in a sentence, e.g. 'Prefers tea to coffee'.")
+
+
+class RecallQuery(BaseModel):
+    query: str = Field(
+        default="",
+        max_length=500,
+        description="Words to look for (any of them matches); empty for the most recent.",
+    )
+    limit: int = Field(default=10, ge=1, le=RECALL_MAX_LIMIT, description="At most this many.")
+
+
+class FetchUrl(BaseModel):
+    url: str = Field(min_length=1, max_length=URL_MAX_CHARS, description="The http(s) URL to GET.")
+
+
 async def get_current_time(ctx: ToolContext, _args: NoArguments) -> str:
     async with session_scope(ctx.sessions) as session:
         user = await session.get(User, ctx.user_id)
     timezone = user.timezone if user is not None else "UTC"
     now = datetime.now(ZoneInfo(timezone))
     return f"{now.isoformat(timespec='seconds')} ({timezone}, {now:%A})"
+
+
+async def update_plan(ctx: ToolContext, args: PlanUpdate) -> str:
+    async with session_scope(ctx.sessions) as session:
+        task = await session.get(Task, ctx.task_id)
+        if task is None:
+            raise ToolError(f"task {ctx.task_id} has no record")
+        task.plan = [item.model_dump() for item in args.steps]
+        session.add(task)
+    return f"plan updated ({len(args.steps)} steps)"
 
 
 async def notes_list(ctx: ToolContext, _args: NoArguments) -> str:
@@ -74,6 +110,71 @@ async def notes_write(ctx: ToolContext, args: NoteWrite) -> str:
     return f"saved {args.path} ({len(args.content)} characters)"
 
 
+async def notes_delete(ctx: ToolContext, args: NotePath) -> str:
+    async with session_scope(ctx.sessions) as session:
+        note = (
+            await session.exec(
+                select(Note).where(Note.user_id == ctx.user_id, Note.path == args.path)
+            )
+        ).first()
+        if note is None:
+            raise ToolError(f"no note at {args.path!r}; notes_list shows the existing paths")
+        await session.delete(note)
+    return f"deleted {args.path}"
+
+
+async def remember(ctx: ToolContext, args: MemoryContent) -> str:
+    async with session_scope(ctx.sessions) as session:
+        # One writer per user at a time, so a retried or repeated call cannot slip a second
+        # copy in between the check and the insert.
+        await session.exec(
+            select(
+                func.pg_advisory_xact_lock(
+                    func.hashtext("keel.memories"), func.hashtext(ctx.user_id)
+                )
+            )
+        )
+        existing = (
+            await session.exec(
+                select(Memory.id).where(
+                    Memory.user_id == ctx.user_id, Memory.content == args.content
+                )
+            )
+        ).first()
+        if existing is not None:
+            return f"already remembered: {_preview(args.content)}"
+        session.add(Memory(user_id=ctx.user_id, content=args.content))
+    return f"remembered: {_preview(args.content)}"
+
+
+def _preview(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def recall(ctx: ToolContext, args: RecallQuery) -> str:
+    words = args.query.split()
+    async with session_scope(ctx.sessions) as session:
+        memories = await find_memories(session, ctx.user_id, words, args.limit)
+    if not memories:
+        return (
+            f"(nothing remembered matches {args.query!r})" if words else "(nothing remembered yet)"
+        )
+    return "\n".join(
+        f"{number}. {' '.join(memory.content.split())} (remembered {memory.created_at:%Y-%m-%d})"
+        for number, memory in enumerate(memories, start=1)
+    )
+
+
+def http_fetch_handler(fetcher: HttpFetcher) -> Handler:
+    """The `http_fetch` tool's handler, fetching with `fetcher`."""
+
+    async def http_fetch(_ctx: ToolContext, args: FetchUrl) -> str:
+        page = await fetcher.fetch(args.url)
+        return page.render()
+
+    return http_fetch
+
+
 def builtin_registry() -> ToolRegistry:
     """A registry holding every built-in tool."""
     registry = ToolRegistry()
@@ -106,6 +207,57 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NoteWrite,
             handler=notes_write,
+        ),
+        Tool(
+            name="notes_delete",
+            description="Delete one of the user's notes by path.",
+            policy=ToolPolicy.CONFIRM,
+            args_model=NotePath,
+            handler=notes_delete,
+        ),
+        Tool(
+            name="remember",
+            description=(
+                "Store a fact about the user in long-term memory, for later tasks to recall. "
+                "Use it for lasting preferences and facts, not for the task at hand."
+            ),
+            policy=ToolPolicy.AUTO,
+            args_model=MemoryContent,
+            handler=remember,
+        ),
+        Tool(
+            name="recall",
+            description=(
+                "Look up the user's long-term memories, newest first: those containing any "
+                "of the query's words (case-insensitive), or the most recent if no query."
+            ),
+            policy=ToolPolicy.AUTO,
+            args_model=RecallQuery,
+            handler=recall,
+        ),
+        Tool(
+            name="http_fetch",
+            description=(
+                "GET a public http(s) URL and return its status, content type and text "
+                f"(at most {MAX_TEXT_CHARS} characters). Private, loopback and cloud "
+                "metadata addresses are refused; up to 5 redirects are followed."
+            ),
+            policy=ToolPolicy.CONFIRM,
+            args_model=FetchUrl,
+            handler=http_fetch_handler(HttpFetcher()),
+            timeout_seconds=20,
+            max_attempts=2,
+        ),
+        Tool(
+            name="update_plan",
+            description=(
+                "Set your step-by-step plan for this task (the whole plan each time), so the "
+                "user can follow progress. Mark steps pending, in_progress or done."
+            ),
+            policy=ToolPolicy.AUTO,
+            args_model=PlanUpdate,
+            handler=update_plan,
+            timeout_seconds=10,
         ),
     ):
         registry.add(tool)

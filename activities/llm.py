@@ -1,15 +1,20 @@
 """The activity that makes one Claude call, reading and extending the transcript in Postgres."""
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import anthropic
+import httpx2
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import events
 from activities.offline_model import offline_reply
 from activities.tool_registry import ToolRegistry
 from activities.transcript import find_message, load_conversation, write_message
@@ -25,6 +30,22 @@ PERMANENT_STATUSES = {
     413: "ClaudeRequestTooLarge",
 }
 SPEND_LIMIT_MARKERS = ("spend limit", "usage limit", "credit balance", "billing")
+# The SDK names a spend-limit 429 by `error.details.error_code`; its message may change.
+SPEND_LIMIT_CODES = ("enforced_spend_limit_reached", "contract_spend_limit_reached")
+# An `error` event inside a stream that began with 200 has no status of its own; this is
+# the status its error type stands for (an unknown type counts as a server error).
+STREAM_ERROR_STATUSES = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+HEARTBEAT_INTERVAL_SECONDS = 1.0
+DELTA_FLUSH_SECONDS = 0.25
 
 
 def _retry_after(headers: Mapping[str, str]) -> timedelta | None:
@@ -39,10 +60,18 @@ def classify_claude_error(exc: Exception) -> ApplicationError:
     """Map an SDK error to an ApplicationError: permanent ones non-retryable, transient ones
     retryable after the server's `retry-after` when it gives one."""
     if isinstance(exc, anthropic.APIStatusError):
-        status, message = exc.status_code, f"Claude answered {exc.status_code}: {exc.message}"
+        said = exc.api_message or exc.message  # Claude's own words, not the SDK's dump
+        status, message = exc.status_code, f"Claude answered {exc.status_code} {exc.type}: {said}"
+        if status < 400:
+            # e.g. overloaded_error mid-stream: transient, though the stream began with 200.
+            status = STREAM_ERROR_STATUSES.get(str(exc.type), 500)
+            message = f"Claude's stream ended with {exc.type}: {said}"
         if status in PERMANENT_STATUSES:
             return ApplicationError(message, type=PERMANENT_STATUSES[status], non_retryable=True)
-        if status == 429 and any(m in str(exc.message).lower() for m in SPEND_LIMIT_MARKERS):
+        spend_limit = exc.error_code in SPEND_LIMIT_CODES or any(
+            marker in said.lower() for marker in SPEND_LIMIT_MARKERS
+        )
+        if status == 429 and spend_limit:
             return ApplicationError(message, type="ClaudeSpendLimit", non_retryable=True)
         if status == 429:
             error_type = "ClaudeRateLimited"
@@ -57,7 +86,12 @@ def classify_claude_error(exc: Exception) -> ApplicationError:
         )
     if isinstance(exc, anthropic.APITimeoutError):
         return ApplicationError(f"Claude timed out: {exc}", type="ClaudeTimeout")
-    return ApplicationError(f"could not reach Claude: {exc}", type="ClaudeUnreachable")
+    # The SDK says only "Connection error."; what the HTTP client saw is its cause.
+    reason = exc.__cause__ or exc
+    return ApplicationError(
+        f"the connection to Claude failed: {type(reason).__name__}: {reason}",
+        type="ClaudeUnreachable",
+    )
 
 
 def _result(content: list[dict[str, Any]], stop_reason: str, usage: Usage) -> LlmCallResult:
@@ -71,6 +105,50 @@ def _result(content: list[dict[str, Any]], stop_reason: str, usage: Usage) -> Ll
     return LlmCallResult(
         stop_reason=stop_reason, tool_calls=calls, text=text if final else None, usage=usage
     )
+
+
+@asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat on a clock while Claude works, even before its first byte: heartbeats are
+    how a cancelled task's call is really stopped, and how a lost worker is noticed."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+
+
+class _DeltaBuffer:
+    """Streamed text, written as `text_delta` events in batches rather than per token."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], request: LlmCallInput) -> None:
+        self._sessions = sessions
+        self._request = request
+        self._pending: list[str] = []
+        self._last_flush = time.monotonic()
+
+    async def add(self, text: str) -> None:
+        self._pending.append(text)
+        if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            text, self._pending = "".join(self._pending), []
+            await events.emit(
+                self._sessions,
+                self._request.task_id,
+                events.TEXT_DELTA,
+                seq=self._request.assistant_seq,
+                text=text,
+            )
+        self._last_flush = time.monotonic()
 
 
 class LlmActivities:
@@ -96,16 +174,25 @@ class LlmActivities:
             usage = Usage.model_validate(stored.usage or {})
             return _result(stored.content, stored.stop_reason or "end_turn", usage)
 
+        await events.emit(
+            self._sessions,
+            request.task_id,
+            events.LLM_STARTED,
+            seq=request.assistant_seq,
+            model=request.model,
+            attempt=activity.info().attempt,
+        )
         if self._client is None:
             content, stop_reason = offline_reply(
                 conversation, request.tool_names, request.assistant_seq
             )
             usage = Usage()
         else:
-            content, stop_reason, usage = await self._ask_claude(request, conversation)
+            async with _heartbeating():
+                content, stop_reason, usage = await self._ask_claude(request, conversation)
 
         async with session_scope(self._sessions) as session:
-            await write_message(
+            written = await write_message(
                 session,
                 request.task_id,
                 request.assistant_seq,
@@ -114,6 +201,16 @@ class LlmActivities:
                 stop_reason=stop_reason,
                 usage=usage.model_dump(),
             )
+            if written:
+                events.add_event(
+                    session,
+                    request.task_id,
+                    events.LLM_FINISHED,
+                    seq=request.assistant_seq,
+                    stop_reason=stop_reason,
+                    usage=usage.model_dump(),
+                    tools=[block["name"] for block in content if block.get("type") == "tool_use"],
+                )
         return _result(content, stop_reason, usage)
 
     async def _ask_claude(
@@ -133,13 +230,18 @@ class LlmActivities:
                 tools=tools,  # type: ignore[arg-type]
                 messages=conversation,  # type: ignore[arg-type]
             ) as stream:
-                async for _event in stream:
-                    activity.heartbeat()
+                deltas = _DeltaBuffer(self._sessions, request)
+                async for event in stream:
+                    if event.type == "text":
+                        await deltas.add(event.text)
+                await deltas.flush()
                 message = await stream.get_final_message()
-        except anthropic.APIError as exc:
-            raise classify_claude_error(exc) from exc
-        # A stream cut mid-response raises the HTTP client's own error, which Temporal
-        # retries as it is.
+        except (anthropic.APIError, httpx2.TransportError) as exc:
+            # A stream cut mid-response raises the SDK's HTTP client's (httpx2) own error.
+            # Not `from exc`: the chain of HTTP client errors, tracebacks and all, is more
+            # than Temporal keeps of a failure, and history would show only "Failure exceeds
+            # size limit." instead of the reason. The message carries what matters.
+            raise classify_claude_error(exc) from None
         content = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
         usage = Usage(
             input_tokens=message.usage.input_tokens,

@@ -1,24 +1,46 @@
 """Activities that keep Keel's Postgres records of a task."""
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
+from activities import events
 from activities.tool_registry import ToolRegistry
 from activities.transcript import tool_result_block, write_message
 from core.agents import AgentCatalog
 from core.db import session_scope
-from core.records import insert_task_row
+from core.records import find_memories, insert_task_row
 from core.settings import Settings
 from schemas.agent_task import (
+    TERMINAL_STATUSES,
     RecordToolResultInput,
     StartAgentTaskInput,
     TaskPlan,
     TaskProgress,
 )
-from schemas.tables import Task, User, utcnow
+from schemas.tables import Message, Task, User, utcnow
 
 PROMPT_SEQ = 0
+# Memories whose text shares a word (of this length or more) with the prompt join the
+# system prompt, newest first.
+MEMORY_WORD_MIN = 4
+PROMPT_MEMORIES = 10
+
+
+def system_prompt(personality: str, user: User, memories: list[str]) -> str:
+    """The agent's system prompt: its profile, then who it helps and what it knows of them."""
+    parts = [
+        personality.strip(),
+        f"You are helping {user.name}. Their timezone is {user.timezone}.",
+    ]
+    if user.instructions.strip():
+        parts.append(f"Their standing instructions:\n{user.instructions.strip()}")
+    if memories:
+        parts.append(
+            "What you remember about them:\n" + "\n".join(f"- {memory}" for memory in memories)
+        )
+    return "\n\n".join(parts)
 
 
 class StoreActivities:
@@ -43,16 +65,14 @@ class StoreActivities:
             if user is None:
                 raise ValueError(f"user {task.user_id} does not exist")
             await insert_task_row(session, task)
-            await write_message(
-                session, task.task_id, PROMPT_SEQ, "user", [{"type": "text", "text": task.prompt}]
-            )
-        system = (
-            f"{profile.system_prompt.strip()}\n\n"
-            f"You are helping {user.name}. Their timezone is {user.timezone}."
-        )
+            prompt = [{"type": "text", "text": task.prompt}]
+            if await write_message(session, task.task_id, PROMPT_SEQ, "user", prompt):
+                events.add_event(session, task.task_id, events.TASK_STARTED, agent=task.agent)
+            words = [word for word in task.prompt.split() if len(word) >= MEMORY_WORD_MIN]
+            memories = await find_memories(session, user.id, words, PROMPT_MEMORIES)
         return TaskPlan(
             model=profile.model or self._settings.default_model,
-            system=system,
+            system=system_prompt(profile.system_prompt, user, [m.content for m in memories]),
             max_steps=task.max_steps or profile.max_steps or self._settings.default_max_steps,
             max_tokens=task.max_tokens or profile.max_tokens or self._settings.default_max_tokens,
             max_output_tokens=self._settings.llm_max_output_tokens,
@@ -63,13 +83,39 @@ class StoreActivities:
     async def record_tool_result(self, result: RecordToolResultInput) -> None:
         """Write a tool result the workflow decided (refused, unknown or failed tool)."""
         async with session_scope(self._sessions) as session:
-            await write_message(
+            written = await write_message(
                 session,
                 result.task_id,
                 result.result_seq,
                 "user",
                 [tool_result_block(result.tool_use_id, result.text, result.is_error)],
             )
+            if not written:
+                return
+            events.add_event(
+                session,
+                result.task_id,
+                events.TOOL_FINISHED,
+                tool=result.tool_name,
+                tool_use_id=result.tool_use_id,
+                outcome=result.outcome,
+                result=result.text,
+            )
+
+    @activity.defn
+    async def last_reply_text(self, task_id: str) -> str | None:
+        """The text of Claude's latest reply that had any, for a task whose budget ran out."""
+        async with session_scope(self._sessions) as session:
+            replies = await session.exec(
+                select(Message)
+                .where(Message.task_id == task_id, Message.role == "assistant")
+                .order_by(col(Message.seq).desc())
+            )
+            for reply in replies:
+                text = "".join(b.get("text", "") for b in reply.content if b.get("type") == "text")
+                if text.strip():
+                    return text
+        return None
 
     @activity.defn
     async def finish_task(self, progress: TaskProgress) -> None:
@@ -78,11 +124,23 @@ class StoreActivities:
             task = await session.get(Task, progress.task_id)
             if task is None:
                 raise ValueError(f"task {progress.task_id} has no projection row")
+            if task.status in TERMINAL_STATUSES:
+                return  # a retry: recorded already
             task.status = progress.status.value
             task.stop_reason = progress.stop_reason
             task.result_text = progress.result_text
             task.error = progress.error
             task.usage = progress.usage.model_dump()
             task.steps = [step.model_dump(mode="json") for step in progress.steps]
+            task.plan = [item.model_dump(mode="json") for item in progress.plan]
             task.updated_at = utcnow()
             session.add(task)
+            events.add_event(
+                session,
+                progress.task_id,
+                events.TASK_FINISHED,
+                status=progress.status.value,
+                stop_reason=progress.stop_reason,
+                result_text=progress.result_text,
+                error=progress.error,
+            )

@@ -5,12 +5,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
+from activities import events
 from activities.tool_registry import ToolContext, ToolError, ToolRegistry
 from activities.transcript import find_message, tool_result_block, write_message
 from core.db import session_scope
 from schemas.agent_task import ToolCallInput, ToolCallResult
 
 PREVIEW_CHARS = 200
+EVENT_RESULT_CHARS = 4000
 
 
 class ToolActivities:
@@ -29,6 +31,14 @@ class ToolActivities:
             return ToolCallResult(
                 is_error=block["is_error"], preview=block["content"][:PREVIEW_CHARS]
             )
+        await events.emit(
+            self._sessions,
+            request.task_id,
+            events.TOOL_STARTED,
+            tool=request.call.name,
+            tool_use_id=request.call.id,
+            arguments=request.call.arguments,
+        )
         tool = self._tools.get(request.call.name)
         if tool is None:
             raise ValueError(f"tool {request.call.name!r} is not registered on this worker")
@@ -43,11 +53,21 @@ class ToolActivities:
         except ToolError as exc:
             text, is_error = str(exc), True
         async with session_scope(self._sessions) as session:
-            await write_message(
+            written = await write_message(
                 session,
                 request.task_id,
                 request.result_seq,
                 "user",
                 [tool_result_block(request.call.id, text, is_error)],
             )
+            if written:
+                events.add_event(
+                    session,
+                    request.task_id,
+                    events.TOOL_FINISHED,
+                    tool=tool.name,
+                    tool_use_id=request.call.id,
+                    outcome="error" if is_error else "ok",
+                    result=text[:EVENT_RESULT_CHARS],
+                )
         return ToolCallResult(is_error=is_error, preview=text[:PREVIEW_CHARS])

@@ -24,8 +24,9 @@ async def write_message(
     content: list[dict[str, Any]],
     stop_reason: str | None = None,
     usage: dict[str, int] | None = None,
-) -> None:
-    """Insert the row unless (task, seq) is already there: a retried activity writes nothing."""
+) -> bool:
+    """Insert the row unless (task, seq) is already there: a retried activity writes nothing.
+    True when this call wrote it."""
     statement = (
         insert(Message)
         .values(
@@ -39,7 +40,8 @@ async def write_message(
         )
         .on_conflict_do_nothing(index_elements=["task_id", "seq"])
     )
-    await session.exec(statement)
+    result = await session.exec(statement)
+    return bool(result.rowcount)
 
 
 async def load_conversation(session: AsyncSession, task_id: str) -> list[dict[str, Any]]:

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError
 
+from activities.builtin_tools import builtin_registry
 from api.deps import ServiceUnavailable, TemporalConnection
-from api.routes import health, tasks
+from api.routes import catalog, health, tasks
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
 from core.settings import Settings
@@ -30,6 +31,7 @@ def create_app(
         app.state.sessions = session_factory(engine)
         app.state.temporal = TemporalConnection(temporal_address)
         app.state.agents = AgentCatalog.load(settings.agents_file)
+        app.state.tools = builtin_registry()
         yield
         await engine.dispose()
 
@@ -41,6 +43,7 @@ def create_app(
     )
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(catalog.router)
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(OperationalError)

@@ -1,14 +1,16 @@
-"""Writes shared by the API, the CLI and the activities: users, API keys, task rows."""
+"""Records shared by the API, the CLI and the activities: users, API keys, task rows,
+memories."""
 
 import hashlib
 import secrets
 
+from sqlalchemy import or_
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from schemas.agent_task import StartAgentTaskInput, TaskStatus
-from schemas.tables import ApiKey, Task, User, utcnow
+from schemas.tables import ApiKey, Memory, Task, User, utcnow
 
 API_KEY_PREFIX = "keel_"
 
@@ -64,3 +66,23 @@ async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> N
         .on_conflict_do_nothing()
     )
     await session.exec(statement)
+
+
+def _like_pattern(word: str) -> str:
+    """A LIKE pattern matching `word` anywhere, its wildcard characters taken literally."""
+    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def find_memories(
+    session: AsyncSession, user_id: str, words: list[str], limit: int
+) -> list[Memory]:
+    """The user's memories containing any of `words` (case-insensitive), or the most
+    recent when `words` is empty; newest first."""
+    statement = select(Memory).where(Memory.user_id == user_id)
+    if words:
+        statement = statement.where(
+            or_(*(col(Memory.content).ilike(_like_pattern(word), escape="\\") for word in words))
+        )
+    statement = statement.order_by(col(Memory.created_at).desc(), col(Memory.id).desc())
+    return list(await session.exec(statement.limit(limit)))

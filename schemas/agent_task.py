@@ -129,6 +129,21 @@ class RecordToolResultInput(BaseModel):
     result_seq: int
     text: str
     is_error: bool = True
+    tool_name: str = ""
+    outcome: str = "refused"
+
+
+class PlanItem(BaseModel):
+    """One step of the agent's plan, as `update_plan` sets it."""
+
+    title: str = Field(min_length=1, max_length=200)
+    status: Literal["pending", "in_progress", "done"] = "pending"
+
+
+class PlanUpdate(BaseModel):
+    """Arguments of the `update_plan` tool: the whole plan, replacing the previous one."""
+
+    steps: list[PlanItem] = Field(max_length=30)
 
 
 class Step(BaseModel):
@@ -151,6 +166,7 @@ class TaskProgress(BaseModel):
     status: TaskStatus
     phase: str
     steps: list[Step] = Field(default_factory=list)
+    plan: list[PlanItem] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     stop_reason: str | None = None
     result_text: str | None = None

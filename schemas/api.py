@@ -1,10 +1,11 @@
 """REST request and response bodies."""
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from schemas.agent_task import Step, TaskStatus, Usage
+from schemas.agent_task import PlanItem, Step, TaskStatus, ToolPolicy, Usage
 
 PROMPT_MAX_CHARS = 100_000
 
@@ -41,6 +42,7 @@ class TaskView(BaseModel):
     prompt: str
     created_at: datetime
     steps: list[Step]
+    plan: list[PlanItem]
     usage: Usage
     stop_reason: str | None
     result: TaskResultBody | None
@@ -50,3 +52,25 @@ class TaskView(BaseModel):
 class TaskPage(BaseModel):
     items: list[TaskView]
     next_cursor: str | None
+
+
+class TaskCancelled(BaseModel):
+    id: str
+    status: str = Field(description="`cancelling` until the task has stopped.")
+
+
+class ToolView(BaseModel):
+    name: str
+    description: str
+    policy: ToolPolicy
+    timeout_seconds: float
+    input_schema: dict[str, Any]
+
+
+class AgentView(BaseModel):
+    name: str
+    description: str
+    model: str
+    tools: list[str]
+    max_steps: int
+    max_tokens: int

@@ -2,6 +2,8 @@
 attributes, real embedded Postgres, and a fake Anthropic Messages API on loopback that the
 real `anthropic` SDK talks to. Each test gets a fresh task queue and its own users."""
 
+import importlib.metadata
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -139,11 +141,17 @@ async def api(
             yield client
 
 
-async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
-    """Replay the history the workflow produced: nondeterminism fails the test."""
-    history = await handle.fetch_history()
-    replayer = Replayer(workflows=[AgentTaskWorkflow], data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(history)
-
-
 HISTORIES_DIR = Path(__file__).parent / "histories"
+REPLAYER = Replayer(workflows=[AgentTaskWorkflow], data_converter=pydantic_data_converter)
+
+
+async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
+    """Replay the history the workflow produced: nondeterminism fails the test. With
+    KEEL_RECORD_HISTORIES=1 the history is also kept in tests/histories/, to be replayed
+    by every later version (do this for each release)."""
+    history = await handle.fetch_history()
+    await REPLAYER.replay_workflow(history)
+    if os.environ.get("KEEL_RECORD_HISTORIES") == "1":
+        test_name = os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].split(" ")[0]
+        release = importlib.metadata.version("keel")
+        (HISTORIES_DIR / f"v{release}-{test_name}.json").write_text(history.to_json())

@@ -11,7 +11,7 @@ from temporalio.worker import Worker
 
 from core.db import session_scope
 from schemas.agent_task import AgentTaskResult, StartAgentTaskInput, TaskStatus
-from schemas.tables import Message, Note, Task
+from schemas.tables import Memory, Message, Note, Task, User
 from tests.conftest import Account, MakeAccount, assert_replays
 from tests.fake_anthropic import FakeAnthropic, ToolCall, error, text, tool_use
 from workflows.agent_task import AgentTaskWorkflow
@@ -159,10 +159,91 @@ async def test_step_budget_stops_a_looping_agent(
     make_account: MakeAccount,
 ) -> None:
     account = await make_account()
-    fake_claude.respond_with(lambda _body: tool_use(ToolCall("get_current_time", {})))
+    fake_claude.respond_with(
+        lambda body: tool_use(
+            ToolCall("get_current_time", {}), text=f"Still checking ({len(body['messages'])})."
+        )
+    )
     handle = await start_task(temporal_client, worker, account, "loop forever", max_steps=3)
     result = await handle.result()
 
     assert (result.status, result.stop_reason) == (TaskStatus.COMPLETED, "budget_exhausted")
+    assert result.text == "Still checking (5)."  # the last thing Claude said
     assert len(fake_claude.requests) == 3
+    await assert_replays(handle)
+
+
+async def test_budget_exhausted_without_an_answer_fails(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    fake_claude.respond_with(lambda _body: tool_use(ToolCall("get_current_time", {})))
+    handle = await start_task(temporal_client, worker, account, "loop silently", max_steps=2)
+    result = await handle.result()
+
+    assert (result.status, result.stop_reason) == (TaskStatus.FAILED, "budget_exhausted")
+    assert result.error is not None and "budget" in result.error
+    await assert_replays(handle)
+
+
+async def test_plan_instructions_and_memories(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    async with session_scope(sessions) as session:
+        user = await session.get(User, account.id)
+        assert user is not None
+        user.instructions = "Answer in French."
+        session.add(user)
+        session.add(Memory(user_id=account.id, content="prefers tea over coffee"))
+        session.add(Memory(user_id=account.id, content="has a cat named Ada"))
+    plan = [{"title": "Think about drinks", "status": "in_progress"}, {"title": "Answer"}]
+    fake_claude.script(tool_use(ToolCall("update_plan", {"steps": plan})), text("Du thé."))
+    handle = await start_task(temporal_client, worker, account, "Coffee this morning?")
+    result = await handle.result()
+
+    assert result.text == "Du thé."
+    system = fake_claude.requests[0]["system"][0]["text"]
+    assert "Answer in French." in system and "prefers tea over coffee" in system
+    assert "cat named Ada" not in system  # only memories relevant to the prompt
+    async with session_scope(sessions) as session:
+        task_row = await session.get(Task, result.task_id)
+    assert task_row is not None
+    assert task_row.plan == [
+        {"title": "Think about drinks", "status": "in_progress"},
+        {"title": "Answer", "status": "pending"},
+    ]
+    await assert_replays(handle)
+
+
+async def test_confirm_tool_never_runs_without_a_person(
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    make_account: MakeAccount,
+) -> None:
+    account = await make_account()
+    async with session_scope(sessions) as session:
+        session.add(Note(user_id=account.id, path="keep.md", content="precious"))
+    fake_claude.script(
+        tool_use(ToolCall("notes_delete", {"path": "keep.md"}), text="Approval granted."),
+        text("I could not delete it."),
+    )
+    handle = await start_task(temporal_client, worker, account, "delete keep.md")
+    result = await handle.result()
+
+    refused = fake_claude.requests[1]["messages"][-1]["content"][0]
+    assert refused["is_error"] is True and "needs a person's approval" in refused["content"]
+    async with session_scope(sessions) as session:
+        note = (await session.exec(select(Note).where(Note.user_id == account.id))).one()
+    assert note.content == "precious"
+    assert result.status is TaskStatus.COMPLETED
     await assert_replays(handle)

@@ -10,8 +10,11 @@ from tests.conftest import MakeAccount
 from tests.fake_anthropic import FakeAnthropic, ToolCall, text, tool_use
 
 
-async def wait_until_finished(api: httpx.AsyncClient, task_id: str, headers: dict[str, str]) -> Any:
-    for _ in range(200):
+async def wait_until_finished(
+    api: httpx.AsyncClient, task_id: str, headers: dict[str, str], within: float = 30.0
+) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
         response = await api.get(f"/v1/tasks/{task_id}", headers=headers)
         assert response.status_code == 200, response.text
         body = response.json()

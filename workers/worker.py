@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+from datetime import timedelta
 
 import anthropic
 import structlog
@@ -21,6 +22,8 @@ from core.temporal import connect_temporal
 from workflows.agent_task import AgentTaskWorkflow
 
 log = structlog.get_logger(__name__)
+
+HEARTBEAT_THROTTLE = timedelta(seconds=3)
 
 
 def anthropic_client() -> anthropic.AsyncAnthropic | None:
@@ -47,10 +50,13 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
+        # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         workflows=[AgentTaskWorkflow],
         activities=[
             store.begin_task,
             store.record_tool_result,
+            store.last_reply_text,
             store.finish_task,
             llm.call_model,
             tool_runner.run_tool,

@@ -5,7 +5,8 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.llm import LlmActivities
@@ -14,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.agent_task import (
         AgentTaskResult,
         LlmCallInput,
+        PlanUpdate,
         RecordToolResultInput,
         StartAgentTaskInput,
         Step,
@@ -34,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
         STORE_TIMEOUT,
         tool_retry,
     )
+
+UPDATE_PLAN_TOOL = "update_plan"
 
 # The prompt is transcript row 0; each model reply and each tool result takes the next.
 FIRST_REPLY_SEQ = 1
@@ -74,15 +78,17 @@ class AgentTaskWorkflow:
         )
         try:
             await self._loop(task, plan)
-        except ActivityError as error:
-            self._end(TaskStatus.FAILED, "error", error=_error_message(error))
-        await workflow.execute_activity_method(
-            StoreActivities.finish_task,
-            self._progress,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=f"record the task as {self._progress.status}",
-        )
+        except (ActivityError, asyncio.CancelledError) as error:
+            if not is_cancelled_exception(error):
+                assert isinstance(error, ActivityError)
+                self._end(TaskStatus.FAILED, "error", error=_error_message(error))
+            else:
+                # Cancelled by a person: record it, then let Temporal close the run as
+                # cancelled (re-raising a cancellation while cancel was requested does that).
+                self._end(TaskStatus.CANCELLED, "cancelled")
+                await self._record_end()
+                raise
+        await self._record_end()
         return AgentTaskResult(
             task_id=task.task_id,
             status=self._progress.status,
@@ -90,6 +96,16 @@ class AgentTaskWorkflow:
             text=self._progress.result_text,
             usage=self._progress.usage,
             error=self._progress.error,
+        )
+
+    async def _record_end(self) -> None:
+        assert self._progress is not None
+        await workflow.execute_activity_method(
+            StoreActivities.finish_task,
+            self._progress,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=f"record the task as {self._progress.status}",
         )
 
     async def _loop(self, task: StartAgentTaskInput, plan: TaskPlan) -> None:
@@ -112,6 +128,8 @@ class AgentTaskWorkflow:
                 start_to_close_timeout=LLM_TIMEOUT,
                 heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
                 retry_policy=LLM_RETRY,
+                # On cancel, wait until the call has really stopped before recording it.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"step {step_number}: ask {plan.model}",
             )
             seq += 1
@@ -131,16 +149,32 @@ class AgentTaskWorkflow:
             seq += len(reply.tool_calls)
             if self._progress.usage.total_tokens >= plan.max_tokens:
                 break
-        self._end(TaskStatus.COMPLETED, "budget_exhausted", text=None)
+        await self._end_out_of_budget(task)
+
+    async def _end_out_of_budget(self, task: StartAgentTaskInput) -> None:
+        """Out of steps or tokens: done, with the last thing Claude said, or failed if it
+        never said anything useful."""
+        text = await workflow.execute_activity_method(
+            StoreActivities.last_reply_text,
+            task.task_id,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary="find Claude's last words",
+        )
+        if text is None:
+            error = "the task ran out of its step or token budget before Claude answered"
+            self._end(TaskStatus.FAILED, "budget_exhausted", error=error)
+        else:
+            self._end(TaskStatus.COMPLETED, "budget_exhausted", text=text)
 
     async def _run_tool(
         self, task: StartAgentTaskInput, grant: ToolGrant | None, call: ToolCall, result_seq: int
     ) -> None:
         """Run one tool call if its policy allows it; otherwise tell Claude why not."""
+        assert self._progress is not None
         step = self._start_step("tool", call.name, call.arguments)
-        refusal = _refusal(grant, call.name)
-        if refusal is None:
-            assert grant is not None
+        outcome, reason = "refused", _refusal(grant, call.name)
+        if grant is not None and reason is None:
             try:
                 result = await workflow.execute_activity_method(
                     ToolActivities.run_tool,
@@ -151,21 +185,28 @@ class AgentTaskWorkflow:
                     retry_policy=tool_retry(grant.max_attempts),
                     summary=f"tool {call.name}",
                 )
-                self._finish_step(step, "error" if result.is_error else "ok", result.preview)
-                return
             except ActivityError as error:
-                refusal = f"the tool {call.name} failed: {_error_message(error)}"
-                self._finish_step(step, "failed", refusal)
-        else:
-            self._finish_step(step, "refused", refusal)
+                outcome, reason = "failed", f"the tool {call.name} failed: {_error_message(error)}"
+            else:
+                self._finish_step(step, "error" if result.is_error else "ok", result.preview)
+                if call.name == UPDATE_PLAN_TOOL and not result.is_error:
+                    self._progress.plan = PlanUpdate.model_validate(call.arguments).steps
+                return
+        assert reason is not None
+        self._finish_step(step, outcome, reason)
         await workflow.execute_activity_method(
             StoreActivities.record_tool_result,
             RecordToolResultInput(
-                task_id=task.task_id, tool_use_id=call.id, result_seq=result_seq, text=refusal
+                task_id=task.task_id,
+                tool_use_id=call.id,
+                result_seq=result_seq,
+                text=reason,
+                tool_name=call.name,
+                outcome=outcome,
             ),
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
-            summary=f"tool {call.name} not run",
+            summary=f"tool {call.name} {outcome}",
         )
 
     def _start_step(

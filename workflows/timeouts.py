@@ -14,7 +14,7 @@ STORE_RETRY = RetryPolicy(
 
 # A Claude call streams; heartbeats show it is alive, so a lost worker is noticed fast.
 LLM_TIMEOUT = timedelta(minutes=10)
-LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 LLM_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

@@ -1,15 +1,19 @@
 """Agent tasks: start one, follow it, list them."""
 
 from datetime import datetime
+from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
 from sqlmodel import col, delete, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
+from api.events import event_stream
 from core.agents import UnknownAgent
 from core.records import insert_task_row
 from schemas import search_attributes
@@ -20,8 +24,15 @@ from schemas.agent_task import (
     TaskStatus,
     Usage,
 )
-from schemas.api import CreateTaskRequest, TaskCreated, TaskPage, TaskResultBody, TaskView
-from schemas.tables import Task
+from schemas.api import (
+    CreateTaskRequest,
+    TaskCancelled,
+    TaskCreated,
+    TaskPage,
+    TaskResultBody,
+    TaskView,
+)
+from schemas.tables import Task, User
 from workflows.agent_task import AgentTaskWorkflow
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -40,6 +51,7 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
                 "status": task.status,
                 "phase": task.status,
                 "steps": task.steps,
+                "plan": task.plan,
                 "usage": task.usage,
                 "stop_reason": task.stop_reason,
                 "result_text": task.result_text,
@@ -56,6 +68,7 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
         prompt=task.prompt,
         created_at=task.created_at,
         steps=progress.steps,
+        plan=progress.plan,
         usage=progress.usage or Usage(),
         stop_reason=progress.stop_reason,
         result=TaskResultBody(text=progress.result_text) if finished else None,
@@ -128,16 +141,22 @@ async def create_task(
     return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
 
 
-@router.get("/{task_id}", response_model=TaskView)
-async def get_task(
-    task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
-) -> TaskView:
-    """A task's status, steps, usage and result; another user's task answers 404."""
+async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
+    """The caller's task; another user's task is as absent as one that never existed."""
     task = (
         await session.exec(select(Task).where(Task.id == task_id, Task.user_id == user.id))
     ).first()
     if task is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
+    return task
+
+
+@router.get("/{task_id}", response_model=TaskView)
+async def get_task(
+    task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
+) -> TaskView:
+    """A task's status, steps, plan, usage and result; another user's task answers 404."""
+    task = await owned_task(session, task_id, user)
     if task.status in TERMINAL_STATUSES:
         return _view(task)
     return _view(task, await _live_progress(client, task))
@@ -163,3 +182,48 @@ async def list_tasks(
     page = rows[:limit]
     next_cursor = page[-1].created_at.isoformat() if len(rows) > limit else None
     return TaskPage(items=[_view(task) for task in page], next_cursor=next_cursor)
+
+
+@router.post(
+    "/{task_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=TaskCancelled
+)
+async def cancel_task(
+    task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
+) -> TaskCancelled:
+    """Cancel a running task: a Claude call in flight is stopped, and the task ends
+    `cancelled`. A task that already ended answers 409."""
+    task = await owned_task(session, task_id, user)
+    if task.status in TERMINAL_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already ended {task.status}")
+    try:
+        await client.get_workflow_handle(workflow_id(task.id)).cancel()
+    except RPCError as exc:
+        if exc.status is not RPCStatusCode.NOT_FOUND:
+            raise ServiceUnavailable(f"Temporal could not cancel: {exc.message}") from exc
+        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is not running") from exc
+    return TaskCancelled(id=task.id, status="cancelling")
+
+
+@router.get(
+    "/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def task_events(
+    task_id: str,
+    request: Request,
+    user: CurrentUser,
+    session: DbSession,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """The task's progress as Server-Sent Events: `task_started`, `llm_started`,
+    `text_delta`, `llm_finished`, `tool_started`, `tool_finished` and, last,
+    `task_finished`. Reconnect with `Last-Event-ID` to resume; a finished task's events
+    are replayed in full."""
+    await owned_task(session, task_id, user)
+    sessions = request.app.state.sessions
+    return StreamingResponse(
+        event_stream(sessions, task_id, last_event_id or 0, request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
