@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import func
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities.http_fetch import MAX_TEXT_CHARS, HttpFetcher
 from activities.tool_registry import Handler, Tool, ToolContext, ToolError, ToolRegistry
@@ -82,25 +83,27 @@ async def notes_list(ctx: ToolContext, _args: NoArguments) -> str:
     return "\n".join(paths) if paths else "(no notes yet)"
 
 
+async def _find_note(session: AsyncSession, user_id: str, path: str) -> Note | None:
+    return (
+        await session.exec(select(Note).where(Note.user_id == user_id, Note.path == path))
+    ).first()
+
+
+def _no_note(path: str) -> ToolError:
+    return ToolError(f"no note at {path!r}; notes_list shows the existing paths")
+
+
 async def notes_read(ctx: ToolContext, args: NotePath) -> str:
     async with session_scope(ctx.sessions) as session:
-        note = (
-            await session.exec(
-                select(Note).where(Note.user_id == ctx.user_id, Note.path == args.path)
-            )
-        ).first()
+        note = await _find_note(session, ctx.user_id, args.path)
     if note is None:
-        raise ToolError(f"no note at {args.path!r}; notes_list shows the existing paths")
+        raise _no_note(args.path)
     return note.content
 
 
 async def notes_write(ctx: ToolContext, args: NoteWrite) -> str:
     async with session_scope(ctx.sessions) as session:
-        note = (
-            await session.exec(
-                select(Note).where(Note.user_id == ctx.user_id, Note.path == args.path)
-            )
-        ).first()
+        note = await _find_note(session, ctx.user_id, args.path)
         if note is None:
             note = Note(user_id=ctx.user_id, path=args.path, content=args.content)
         else:
@@ -112,13 +115,9 @@ async def notes_write(ctx: ToolContext, args: NoteWrite) -> str:
 
 async def notes_delete(ctx: ToolContext, args: NotePath) -> str:
     async with session_scope(ctx.sessions) as session:
-        note = (
-            await session.exec(
-                select(Note).where(Note.user_id == ctx.user_id, Note.path == args.path)
-            )
-        ).first()
+        note = await _find_note(session, ctx.user_id, args.path)
         if note is None:
-            raise ToolError(f"no note at {args.path!r}; notes_list shows the existing paths")
+            raise _no_note(args.path)
         await session.delete(note)
     return f"deleted {args.path}"
 

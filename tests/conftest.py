@@ -24,6 +24,7 @@ from core.db import create_engine, migrate, session_factory, session_scope, star
 from core.records import create_user
 from core.settings import Settings
 from core.temporal import connect_temporal
+from schemas.agent_task import AgentTaskResult, StartAgentTaskInput
 from tests.fake_anthropic import FakeAnthropic
 from workers.dev import TemporalDevServer
 from workers.worker import build_worker
@@ -139,6 +140,18 @@ async def api(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
             yield client
+
+
+async def start_task(
+    client: Client, worker: Worker, account: Account, prompt: str, **fields: object
+) -> WorkflowHandle[AgentTaskWorkflow, AgentTaskResult]:
+    """Start an AgentTaskWorkflow for `account` on this test's worker, as the API would."""
+    task = StartAgentTaskInput.model_validate(
+        {"task_id": str(uuid.uuid4()), "user_id": account.id, "prompt": prompt, **fields}
+    )
+    return await client.start_workflow(
+        AgentTaskWorkflow.run, task, id=f"task-{task.task_id}", task_queue=worker.task_queue
+    )
 
 
 HISTORIES_DIR = Path(__file__).parent / "histories"

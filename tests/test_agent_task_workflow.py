@@ -1,31 +1,17 @@
 """AgentTaskWorkflow against the real worker: real activities, real Postgres, the real
 anthropic SDK talking to the fake Messages API. Every test replays its history."""
 
-import uuid
-
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from core.db import session_scope
-from schemas.agent_task import AgentTaskResult, StartAgentTaskInput, TaskStatus
+from schemas.agent_task import TaskStatus
 from schemas.tables import Memory, Message, Note, Task, User
-from tests.conftest import Account, MakeAccount, assert_replays
+from tests.conftest import MakeAccount, assert_replays, start_task
 from tests.fake_anthropic import FakeAnthropic, ToolCall, error, text, tool_use
-from workflows.agent_task import AgentTaskWorkflow
-
-
-async def start_task(
-    client: Client, worker: Worker, account: Account, prompt: str, **fields: object
-) -> WorkflowHandle[AgentTaskWorkflow, AgentTaskResult]:
-    task = StartAgentTaskInput.model_validate(
-        {"task_id": str(uuid.uuid4()), "user_id": account.id, "prompt": prompt, **fields}
-    )
-    return await client.start_workflow(
-        AgentTaskWorkflow.run, task, id=f"task-{task.task_id}", task_queue=worker.task_queue
-    )
 
 
 async def transcript(sessions: async_sessionmaker[AsyncSession], task_id: str) -> list[Message]:

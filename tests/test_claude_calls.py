@@ -8,7 +8,6 @@ import collections
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,9 @@ from temporalio.worker import Worker
 from core.agents import AgentCatalog
 from core.db import session_scope
 from core.settings import Settings
-from schemas.agent_task import AgentTaskResult, StartAgentTaskInput, TaskStatus, Usage
+from schemas.agent_task import AgentTaskResult, TaskStatus, Usage
 from schemas.tables import Task
-from tests.conftest import Account, MakeAccount, assert_replays
+from tests.conftest import MakeAccount, assert_replays, start_task
 from tests.fake_anthropic import (
     FakeAnthropic,
     Reply,
@@ -50,17 +49,6 @@ DEFAULT_CLIENT_TIMEOUT = 60.0
 TASK_DEADLINE = 30.0
 # Temporal's first retry waits the policy's initial interval (less a little for clocks).
 FIRST_RETRY_GAP = LLM_RETRY.initial_interval.total_seconds() * 0.9
-
-
-async def start_task(
-    client: Client, worker: Worker, account: Account, prompt: str, **fields: object
-) -> WorkflowHandle[AgentTaskWorkflow, AgentTaskResult]:
-    task = StartAgentTaskInput.model_validate(
-        {"task_id": str(uuid.uuid4()), "user_id": account.id, "prompt": prompt, **fields}
-    )
-    return await client.start_workflow(
-        AgentTaskWorkflow.run, task, id=f"task-{task.task_id}", task_queue=worker.task_queue
-    )
 
 
 async def finish(handle: WorkflowHandle[AgentTaskWorkflow, AgentTaskResult]) -> AgentTaskResult:

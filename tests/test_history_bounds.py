@@ -1,7 +1,6 @@
 """Temporal history stays small: the transcript lives in Postgres, so what each step adds
 to history does not grow with the conversation or with the size of tool results."""
 
-import uuid
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -10,11 +9,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from core.db import session_scope
-from schemas.agent_task import StartAgentTaskInput, TaskStatus
+from schemas.agent_task import TaskStatus
 from schemas.tables import Note
-from tests.conftest import MakeAccount, assert_replays
+from tests.conftest import Account, MakeAccount, assert_replays, start_task
 from tests.fake_anthropic import FakeAnthropic, Reply, ToolCall, text, tool_use
-from workflows.agent_task import AgentTaskWorkflow
 
 TOOL_RESULT_BYTES = 20_000
 PAYLOAD_LIMIT = 256 * 1024
@@ -34,16 +32,11 @@ def read_note_until(steps: int) -> Callable[[dict[str, object]], Reply]:
 
 
 async def history_bytes(
-    client: Client, worker: Worker, fake: FakeAnthropic, user_id: str, steps: int
+    client: Client, worker: Worker, fake: FakeAnthropic, account: Account, steps: int
 ) -> tuple[int, int]:
     """Total history bytes and the largest event, for a task of `steps` model calls."""
     fake.respond_with(read_note_until(steps))
-    task = StartAgentTaskInput(
-        task_id=str(uuid.uuid4()), user_id=user_id, prompt="read it", max_steps=100
-    )
-    handle = await client.start_workflow(
-        AgentTaskWorkflow.run, task, id=f"task-{task.task_id}", task_queue=worker.task_queue
-    )
+    handle = await start_task(client, worker, account, "read it", max_steps=100)
     result = await handle.result()
     assert (result.status, result.text) == (TaskStatus.COMPLETED, "done reading")
     history = await handle.fetch_history()
@@ -63,9 +56,9 @@ async def test_history_per_step_is_flat_with_big_tool_results(
     async with session_scope(sessions) as session:
         session.add(Note(user_id=account.id, path="big.md", content="x" * TOOL_RESULT_BYTES))
 
-    short, short_max = await history_bytes(temporal_client, worker, fake_claude, account.id, 5)
-    mid, mid_max = await history_bytes(temporal_client, worker, fake_claude, account.id, 20)
-    long, long_max = await history_bytes(temporal_client, worker, fake_claude, account.id, 40)
+    short, short_max = await history_bytes(temporal_client, worker, fake_claude, account, 5)
+    mid, mid_max = await history_bytes(temporal_client, worker, fake_claude, account, 20)
+    long, long_max = await history_bytes(temporal_client, worker, fake_claude, account, 40)
 
     early_step = (mid - short) / 15  # bytes a step adds while the conversation is short
     late_step = (long - mid) / 20  # ...and once it is long
