@@ -65,13 +65,18 @@ class StartAgentTaskInput(BaseModel):
     max_tokens: int | None = None
 
 
+DEFAULT_APPROVAL_TIMEOUT_SECONDS = 24 * 3600.0
+
+
 class ToolGrant(BaseModel):
-    """A tool this task may ask for, with the policy the workflow enforces."""
+    """A tool this task may ask for, with the policy the workflow enforces (the tool's
+    own, adjusted by the user's preferences when the task began)."""
 
     name: str
     policy: ToolPolicy
     timeout_seconds: float
     max_attempts: int
+    approval_timeout_seconds: float = DEFAULT_APPROVAL_TIMEOUT_SECONDS
 
 
 class TaskPlan(BaseModel):
@@ -146,6 +151,82 @@ class PlanUpdate(BaseModel):
     steps: list[PlanItem] = Field(max_length=30)
 
 
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class ApprovalView(BaseModel):
+    """A confirm-tier tool call waiting for (or past) a person's decision."""
+
+    id: str
+    tool: str
+    tool_use_id: str
+    arguments: dict[str, Any]
+    requested_at: datetime
+    expires_at: datetime
+    status: ApprovalStatus = ApprovalStatus.PENDING
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str | None = None
+
+
+class DecideApprovalInput(BaseModel):
+    """A person's decision, sent as the `decide_approval` update."""
+
+    approval_id: str
+    decision: Literal["approve", "reject"]
+    reason: str | None = Field(default=None, max_length=2000)
+    decided_by: str
+    channel: str = "api"
+
+
+class ApprovalRecord(BaseModel):
+    """An approval as the audit table keeps it, written when requested and when decided."""
+
+    task_id: str
+    user_id: str
+    channel: str
+    approval: ApprovalView
+
+
+class QuestionStatus(StrEnum):
+    PENDING = "pending"
+    ANSWERED = "answered"
+    EXPIRED = "expired"
+
+
+class QuestionView(BaseModel):
+    """A question the agent asked the user with `ask_user`."""
+
+    id: str
+    text: str
+    asked_at: datetime
+    expires_at: datetime
+    status: QuestionStatus = QuestionStatus.PENDING
+    answer: str | None = None
+
+
+class AnswerQuestionInput(BaseModel):
+    """The user's answer, sent as the `answer_question` update."""
+
+    question_id: str
+    text: str = Field(min_length=1, max_length=20_000)
+
+
+class NotificationInput(BaseModel):
+    """One notification for a user; `dedupe_key` makes a retried send a no-op."""
+
+    user_id: str
+    kind: str
+    title: str
+    body: str
+    task_id: str | None = None
+    dedupe_key: str
+
+
 class Step(BaseModel):
     """One LLM call or tool call, as progress shows it."""
 
@@ -171,6 +252,8 @@ class TaskProgress(BaseModel):
     stop_reason: str | None = None
     result_text: str | None = None
     error: str | None = None
+    pending_approvals: list[ApprovalView] = Field(default_factory=list)
+    pending_question: QuestionView | None = None
 
 
 class AgentTaskResult(BaseModel):

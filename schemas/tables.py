@@ -125,3 +125,57 @@ class Memory(SQLModel, table=True):
     user_id: str = Field(foreign_key="users.id", index=True)
     content: str
     created_at: datetime = _timestamp()
+
+
+class Approval(SQLModel, table=True):
+    """The audit record of one approval: requested by a task, decided by a person or expired."""
+
+    __tablename__ = "approvals"
+
+    id: str = Field(primary_key=True)
+    task_id: str = Field(foreign_key="tasks.id", index=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    tool: str
+    tool_use_id: str
+    arguments: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    arguments_sha256: str
+    status: str = Field(index=True)
+    channel: str
+    requested_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    decided_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    decided_by: str | None = None
+    reason: str | None = None
+
+
+class Notification(SQLModel, table=True):
+    """A message for the user's web inbox (and, once linked, their other channels)."""
+
+    __tablename__ = "notifications"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    dedupe_key: str = Field(unique=True)
+    kind: str
+    title: str
+    body: str
+    task_id: str | None = Field(default=None, index=True)
+    created_at: datetime = _timestamp()
+    read_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class ToolPreference(SQLModel, table=True):
+    """A user's own policy for one tool: `always_allow` (no approval) or `always_ask`."""
+
+    __tablename__ = "tool_preferences"
+    __table_args__ = (UniqueConstraint("user_id", "tool"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    tool: str
+    preference: str
+    updated_at: datetime = _timestamp()
