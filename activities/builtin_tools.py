@@ -10,10 +10,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities.http_fetch import MAX_TEXT_CHARS, HttpFetcher
+from activities.notify import AGENT_MESSAGE, write_notification
 from activities.tool_registry import Handler, Tool, ToolContext, ToolError, ToolRegistry
 from core.db import session_scope
 from core.records import find_memories
-from schemas.agent_task import PlanUpdate, ToolPolicy
+from schemas.agent_task import NotificationInput, PlanUpdate, ToolPolicy
 from schemas.tables import Memory, Note, Task, User, utcnow
 
 NOTE_PATH_PATTERN = r"^[A-Za-z0-9_\-./ ]{1,200}$"
@@ -21,6 +22,8 @@ NOTE_MAX_CHARS = 100_000
 MEMORY_MAX_CHARS = 2000
 RECALL_MAX_LIMIT = 50
 URL_MAX_CHARS = 2000
+NOTIFICATION_TITLE_MAX_CHARS = 200
+NOTIFICATION_BODY_MAX_CHARS = 4000
 
 
 class NoArguments(BaseModel):
@@ -62,6 +65,15 @@ async def get_current_time(ctx: ToolContext, _args: NoArguments) -> str:
     timezone = user.timezone if user is not None else "UTC"
     now = datetime.now(ZoneInfo(timezone))
     return f"{now.isoformat(timespec='seconds')} ({timezone}, {now:%A})"
+
+
+class Question(BaseModel):
+    question: str = Field(min_length=1, max_length=2000, description="What to ask the user.")
+
+
+async def ask_user(_ctx: ToolContext, _args: Question) -> str:
+    # The workflow itself asks and waits for the answer; no activity ever runs this.
+    raise ToolError("ask_user is answered by the user through the task, not run as a tool")
 
 
 async def update_plan(ctx: ToolContext, args: PlanUpdate) -> str:
@@ -164,6 +176,36 @@ async def recall(ctx: ToolContext, args: RecallQuery) -> str:
     )
 
 
+class NotificationMessage(BaseModel):
+    title: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=NOTIFICATION_TITLE_MAX_CHARS
+        ),
+    ] = Field(description="A short headline, e.g. 'Your report is ready'.")
+    body: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=NOTIFICATION_BODY_MAX_CHARS
+        ),
+    ] = Field(description="The message itself.")
+
+
+async def send_notification(ctx: ToolContext, args: NotificationMessage) -> str:
+    # Keyed by the tool call: a retried call finds its notification and sends no second one.
+    note = NotificationInput(
+        user_id=ctx.user_id,
+        kind=AGENT_MESSAGE,
+        title=args.title,
+        body=args.body,
+        task_id=ctx.task_id,
+        dedupe_key=f"tool:{ctx.task_id}:{ctx.tool_use_id}",
+    )
+    async with session_scope(ctx.sessions) as session:
+        await write_notification(session, note)
+    return f"notification sent: {_preview(args.title)}"
+
+
 def http_fetch_handler(fetcher: HttpFetcher) -> Handler:
     """The `http_fetch` tool's handler, fetching with `fetcher`."""
 
@@ -256,6 +298,27 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=PlanUpdate,
             handler=update_plan,
+            timeout_seconds=10,
+        ),
+        Tool(
+            name="ask_user",
+            description=(
+                "Ask the user a question and wait for their answer, when you cannot go on "
+                "without it. The answer comes back as this tool's result."
+            ),
+            policy=ToolPolicy.AUTO,
+            args_model=Question,
+            handler=ask_user,
+        ),
+        Tool(
+            name="send_notification",
+            description=(
+                "Send the user a notification (to their inbox), for something they should "
+                "see even when they are not following this task."
+            ),
+            policy=ToolPolicy.AUTO,
+            args_model=NotificationMessage,
+            handler=send_notification,
             timeout_seconds=10,
         ),
     ):

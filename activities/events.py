@@ -16,6 +16,10 @@ TEXT_DELTA = "text_delta"
 LLM_FINISHED = "llm_finished"
 TOOL_STARTED = "tool_started"
 TOOL_FINISHED = "tool_finished"
+APPROVAL_REQUESTED = "approval_requested"
+APPROVAL_DECIDED = "approval_decided"
+QUESTION_ASKED = "question_asked"
+QUESTION_SETTLED = "question_settled"
 TASK_FINISHED = "task_finished"
 
 

@@ -1,5 +1,11 @@
 """Activities that keep Keel's Postgres records of a task."""
 
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -14,18 +20,29 @@ from core.records import find_memories, insert_task_row
 from core.settings import Settings
 from schemas.agent_task import (
     TERMINAL_STATUSES,
+    ApprovalRecord,
+    ApprovalStatus,
+    QuestionRecord,
+    QuestionStatus,
     RecordToolResultInput,
     StartAgentTaskInput,
     TaskPlan,
     TaskProgress,
 )
-from schemas.tables import Message, Task, User, utcnow
+from schemas.tables import Approval, Message, Task, TaskEvent, ToolPreference, User, utcnow
+from schemas.tool_preferences import effective_policy
 
 PROMPT_SEQ = 0
 # Memories whose text shares a word (of this length or more) with the prompt join the
 # system prompt, newest first.
 MEMORY_WORD_MIN = 4
 PROMPT_MEMORIES = 10
+
+
+def _sha256(arguments: dict[str, Any]) -> str:
+    """A stable fingerprint of a tool call's arguments, for the audit trail."""
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def system_prompt(personality: str, user: User, memories: list[str]) -> str:
@@ -70,13 +87,27 @@ class StoreActivities:
                 events.add_event(session, task.task_id, events.TASK_STARTED, agent=task.agent)
             words = [word for word in task.prompt.split() if len(word) >= MEMORY_WORD_MIN]
             memories = await find_memories(session, user.id, words, PROMPT_MEMORIES)
+            preferences = dict(
+                (
+                    await session.exec(
+                        select(ToolPreference.tool, ToolPreference.preference).where(
+                            ToolPreference.user_id == user.id
+                        )
+                    )
+                ).all()
+            )
         return TaskPlan(
             model=profile.model or self._settings.default_model,
             system=system_prompt(profile.system_prompt, user, [m.content for m in memories]),
             max_steps=task.max_steps or profile.max_steps or self._settings.default_max_steps,
             max_tokens=task.max_tokens or profile.max_tokens or self._settings.default_max_tokens,
             max_output_tokens=self._settings.llm_max_output_tokens,
-            tools=[tool.grant() for tool in self._tools.require(profile.tools)],
+            tools=[
+                tool.grant().model_copy(
+                    update={"policy": effective_policy(tool.policy, preferences.get(tool.name))}
+                )
+                for tool in self._tools.require(profile.tools)
+            ],
         )
 
     @activity.defn
@@ -101,6 +132,74 @@ class StoreActivities:
                 outcome=result.outcome,
                 result=result.text,
             )
+
+    @activity.defn
+    async def record_approval(self, record: ApprovalRecord) -> None:
+        """Keep the audit row of an approval in step with the workflow: inserted when
+        requested, updated once when decided or expired. Each transition is one event."""
+        approval = record.approval
+        async with session_scope(self._sessions) as session:
+            if approval.status is ApprovalStatus.PENDING:
+                statement: Any = (
+                    insert(Approval)
+                    .values(
+                        id=approval.id,
+                        task_id=record.task_id,
+                        user_id=record.user_id,
+                        tool=approval.tool,
+                        tool_use_id=approval.tool_use_id,
+                        arguments=approval.arguments,
+                        arguments_sha256=_sha256(approval.arguments),
+                        status=approval.status.value,
+                        channel=record.channel,
+                        requested_at=approval.requested_at,
+                        expires_at=approval.expires_at,
+                    )
+                    .on_conflict_do_nothing()
+                )
+                event_type = events.APPROVAL_REQUESTED
+            else:
+                statement = (
+                    update(Approval)
+                    .where(
+                        col(Approval.id) == approval.id,
+                        col(Approval.status) == ApprovalStatus.PENDING.value,
+                    )
+                    .values(
+                        status=approval.status.value,
+                        decided_at=approval.decided_at,
+                        decided_by=approval.decided_by,
+                        channel=approval.decided_via or record.channel,
+                        reason=approval.reason,
+                    )
+                )
+                event_type = events.APPROVAL_DECIDED
+            if (await session.exec(statement)).rowcount:
+                events.add_event(
+                    session, record.task_id, event_type, **approval.model_dump(mode="json")
+                )
+
+    @activity.defn
+    async def record_question(self, record: QuestionRecord) -> None:
+        """One event when the agent asks, one when the question is answered or expires."""
+        question = record.question
+        event_type = (
+            events.QUESTION_ASKED
+            if question.status is QuestionStatus.PENDING
+            else events.QUESTION_SETTLED
+        )
+        async with session_scope(self._sessions) as session:
+            seen = await session.exec(
+                select(TaskEvent.id).where(
+                    TaskEvent.task_id == record.task_id,
+                    TaskEvent.type == event_type,
+                    col(TaskEvent.data)["id"].astext == question.id,
+                )
+            )
+            if seen.first() is None:
+                events.add_event(
+                    session, record.task_id, event_type, **question.model_dump(mode="json")
+                )
 
     @activity.defn
     async def last_reply_text(self, task_id: str) -> str | None:

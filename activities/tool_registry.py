@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from schemas.agent_task import ToolGrant, ToolPolicy
+from schemas.agent_task import DEFAULT_APPROVAL_TIMEOUT_SECONDS, ToolGrant, ToolPolicy
 
 
 class ToolError(Exception):
@@ -18,10 +18,11 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a tool may use: whose call it is, and the database."""
+    """What a tool may use: whose call it is, which call, and the database."""
 
     user_id: str
     task_id: str
+    tool_use_id: str  # Claude's id for this call, the same on every retry: a key for idempotency
     sessions: async_sessionmaker[AsyncSession]
 
 
@@ -37,6 +38,8 @@ class Tool:
     handler: Handler
     timeout_seconds: float = 30.0
     max_attempts: int = 3
+    # How long a confirm-tier call waits for a person (and `ask_user` for an answer).
+    approval_timeout_seconds: float = DEFAULT_APPROVAL_TIMEOUT_SECONDS
 
     def spec(self) -> dict[str, Any]:
         """The tool as the Messages API describes it."""
@@ -52,6 +55,7 @@ class Tool:
             policy=self.policy,
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
+            approval_timeout_seconds=self.approval_timeout_seconds,
         )
 
 

@@ -43,7 +43,10 @@ class ToolActivities:
         if tool is None:
             raise ValueError(f"tool {request.call.name!r} is not registered on this worker")
         context = ToolContext(
-            user_id=request.user_id, task_id=request.task_id, sessions=self._sessions
+            user_id=request.user_id,
+            task_id=request.task_id,
+            tool_use_id=request.call.id,
+            sessions=self._sessions,
         )
         try:
             arguments = tool.args_model.model_validate(request.call.arguments)

@@ -63,6 +63,9 @@ class StartAgentTaskInput(BaseModel):
     channel: str = "api"
     max_steps: int | None = None
     max_tokens: int | None = None
+    notify: bool = Field(
+        default=False, description="Notify the user when it ends, even if started interactively."
+    )
 
 
 DEFAULT_APPROVAL_TIMEOUT_SECONDS = 24 * 3600.0
@@ -170,6 +173,7 @@ class ApprovalView(BaseModel):
     status: ApprovalStatus = ApprovalStatus.PENDING
     decided_at: datetime | None = None
     decided_by: str | None = None
+    decided_via: str | None = Field(default=None, description="The channel of the decision.")
     reason: str | None = None
 
 
@@ -207,6 +211,13 @@ class QuestionView(BaseModel):
     expires_at: datetime
     status: QuestionStatus = QuestionStatus.PENDING
     answer: str | None = None
+
+
+class QuestionRecord(BaseModel):
+    """A question asked or settled, for the task's event stream."""
+
+    task_id: str
+    question: QuestionView
 
 
 class AnswerQuestionInput(BaseModel):

@@ -1,11 +1,21 @@
 """REST request and response bodies."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from schemas.agent_task import PlanItem, Step, TaskStatus, ToolPolicy, Usage
+from schemas.agent_task import (
+    ApprovalStatus,
+    ApprovalView,
+    PlanItem,
+    QuestionView,
+    Step,
+    TaskStatus,
+    ToolPolicy,
+    Usage,
+)
+from schemas.tool_preferences import ToolPreferenceValue
 
 PROMPT_MAX_CHARS = 100_000
 
@@ -15,6 +25,7 @@ class CreateTaskRequest(BaseModel):
     agent: str = "assistant"
     max_steps: int | None = Field(default=None, ge=1, le=200)
     max_tokens: int | None = Field(default=None, ge=1)
+    notify: bool = Field(default=False, description="Notify me (inbox) when the task ends.")
 
     @field_validator("prompt")
     @classmethod
@@ -43,6 +54,8 @@ class TaskView(BaseModel):
     created_at: datetime
     steps: list[Step]
     plan: list[PlanItem]
+    pending_approvals: list[ApprovalView]
+    pending_question: QuestionView | None
     usage: Usage
     stop_reason: str | None
     result: TaskResultBody | None
@@ -74,3 +87,63 @@ class AgentView(BaseModel):
     tools: list[str]
     max_steps: int
     max_tokens: int
+
+
+class ToolPreferenceRequest(BaseModel):
+    preference: ToolPreferenceValue = Field(
+        description="`always_allow`: no approval needed; `always_ask`: approve every call."
+    )
+
+
+class ToolPreferenceView(BaseModel):
+    tool: str
+    preference: ToolPreferenceValue
+    updated_at: datetime
+
+
+class ApprovalEntry(BaseModel):
+    """One approval from the audit table, as the caller's approvals list shows it."""
+
+    id: str
+    task_id: str
+    tool: str
+    arguments: dict[str, Any]
+    status: ApprovalStatus = Field(
+        description="`expired` as soon as `expires_at` has passed, even before the task records it."
+    )
+    channel: str
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    reason: str | None
+
+
+class ApprovalPage(BaseModel):
+    items: list[ApprovalEntry]
+    next_cursor: str | None
+
+
+class DecisionRequest(BaseModel):
+    decision: Literal["approve", "reject"]
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class AnswerRequest(BaseModel):
+    question_id: str
+    text: str = Field(min_length=1, max_length=20_000)
+
+
+class NotificationView(BaseModel):
+    id: str
+    kind: str = Field(description="What it is about, e.g. `agent_message`.")
+    title: str
+    body: str
+    task_id: str | None = Field(description="The task it came from, if any.")
+    created_at: datetime
+    read_at: datetime | None = Field(description="When it was first marked read; null if unread.")
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationView]
+    next_cursor: str | None

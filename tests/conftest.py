@@ -2,6 +2,7 @@
 attributes, real embedded Postgres, and a fake Anthropic Messages API on loopback that the
 real `anthropic` SDK talks to. Each test gets a fresh task queue and its own users."""
 
+import asyncio
 import importlib.metadata
 import os
 import socket
@@ -152,6 +153,21 @@ async def start_task(
     return await client.start_workflow(
         AgentTaskWorkflow.run, task, id=f"task-{task.task_id}", task_queue=worker.task_queue
     )
+
+
+async def wait_until_finished(
+    api: httpx.AsyncClient, task_id: str, headers: dict[str, str], within: float = 30.0
+) -> Any:
+    """Poll GET /v1/tasks/{id} until the task has ended; its last view."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        response = await api.get(f"/v1/tasks/{task_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not finish: {body}")
 
 
 HISTORIES_DIR = Path(__file__).parent / "histories"

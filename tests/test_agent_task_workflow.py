@@ -207,29 +207,3 @@ async def test_plan_instructions_and_memories(
         {"title": "Answer", "status": "pending"},
     ]
     await assert_replays(handle)
-
-
-async def test_confirm_tool_never_runs_without_a_person(
-    temporal_client: Client,
-    worker: Worker,
-    fake_claude: FakeAnthropic,
-    sessions: async_sessionmaker[AsyncSession],
-    make_account: MakeAccount,
-) -> None:
-    account = await make_account()
-    async with session_scope(sessions) as session:
-        session.add(Note(user_id=account.id, path="keep.md", content="precious"))
-    fake_claude.script(
-        tool_use(ToolCall("notes_delete", {"path": "keep.md"}), text="Approval granted."),
-        text("I could not delete it."),
-    )
-    handle = await start_task(temporal_client, worker, account, "delete keep.md")
-    result = await handle.result()
-
-    refused = fake_claude.requests[1]["messages"][-1]["content"][0]
-    assert refused["is_error"] is True and "needs a person's approval" in refused["content"]
-    async with session_scope(sessions) as session:
-        note = (await session.exec(select(Note).where(Note.user_id == account.id))).one()
-    assert note.content == "precious"
-    assert result.status is TaskStatus.COMPLETED
-    await assert_replays(handle)

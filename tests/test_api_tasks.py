@@ -1,27 +1,10 @@
 """The tasks API over HTTP with real API keys, a real worker and the fake Claude."""
 
-import asyncio
-from typing import Any
-
 import httpx
 from temporalio.worker import Worker
 
-from tests.conftest import MakeAccount
+from tests.conftest import MakeAccount, wait_until_finished
 from tests.fake_anthropic import FakeAnthropic, ToolCall, text, tool_use
-
-
-async def wait_until_finished(
-    api: httpx.AsyncClient, task_id: str, headers: dict[str, str], within: float = 30.0
-) -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        response = await api.get(f"/v1/tasks/{task_id}", headers=headers)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} did not finish: {body}")
 
 
 async def test_start_and_follow_a_task(
@@ -96,3 +79,23 @@ async def test_health(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).status_code == 200
     ready = await api.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_task_list_pages_newest_first(
+    api: httpx.AsyncClient, worker: Worker, fake_claude: FakeAnthropic, make_account: MakeAccount
+) -> None:
+    alice = await make_account()
+    started = [
+        (await api.post("/v1/tasks", json={"prompt": f"task {n}"}, headers=alice.headers)).json()[
+            "id"
+        ]
+        for n in range(3)
+    ]
+    first = (await api.get("/v1/tasks?limit=2", headers=alice.headers)).json()
+    rest = (
+        await api.get(f"/v1/tasks?limit=2&cursor={first['next_cursor']}", headers=alice.headers)
+    ).json()
+    assert [t["id"] for t in first["items"] + rest["items"]] == started[::-1]
+    assert rest["next_cursor"] is None
+    bad = await api.get("/v1/tasks?cursor=yesterday", headers=alice.headers)
+    assert bad.status_code == 422 and "cursor" in bad.json()["detail"]

@@ -40,7 +40,12 @@ Sessions = async_sessionmaker[AsyncSession]
 
 
 def context(sessions: Sessions, account: Account) -> ToolContext:
-    return ToolContext(user_id=account.id, task_id=str(uuid.uuid4()), sessions=sessions)
+    return ToolContext(
+        user_id=account.id,
+        task_id=str(uuid.uuid4()),
+        tool_use_id=f"toolu_{uuid.uuid4().hex}",
+        sessions=sessions,
+    )
 
 
 async def memories_of(sessions: Sessions, account: Account) -> list[str]:
@@ -99,6 +104,7 @@ def test_every_tool_has_an_object_schema_and_the_documented_policy() -> None:
     assert {name: tool.policy for name, tool in tools.items()} == {
         "get_current_time": ToolPolicy.AUTO,
         "update_plan": ToolPolicy.AUTO,
+        "ask_user": ToolPolicy.AUTO,
         "notes_list": ToolPolicy.AUTO,
         "notes_read": ToolPolicy.AUTO,
         "notes_write": ToolPolicy.AUTO,
@@ -106,6 +112,7 @@ def test_every_tool_has_an_object_schema_and_the_documented_policy() -> None:
         "remember": ToolPolicy.AUTO,
         "recall": ToolPolicy.AUTO,
         "http_fetch": ToolPolicy.CONFIRM,
+        "send_notification": ToolPolicy.AUTO,
     }
     assert tools["http_fetch"].timeout_seconds == 20
 

@@ -11,9 +11,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
-from tests.conftest import MakeAccount, assert_replays
+from tests.conftest import MakeAccount, assert_replays, wait_until_finished
 from tests.fake_anthropic import FakeAnthropic, ToolCall, hang, text, tool_use
-from tests.test_api_tasks import wait_until_finished
 
 
 def parse_events(body: str) -> list[dict[str, Any]]:

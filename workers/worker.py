@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
+from activities.notify import NotifyActivities
 from activities.store import StoreActivities
 from activities.tools import ToolActivities
 from core.agents import AgentCatalog
@@ -47,6 +48,7 @@ def build_worker(
     store = StoreActivities(sessions, agents, tools, settings)
     llm = LlmActivities(claude, sessions, tools)
     tool_runner = ToolActivities(sessions, tools)
+    notify = NotifyActivities(sessions)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -57,9 +59,12 @@ def build_worker(
             store.begin_task,
             store.record_tool_result,
             store.last_reply_text,
+            store.record_approval,
+            store.record_question,
             store.finish_task,
             llm.call_model,
             tool_runner.run_tool,
+            notify.notify,
         ],
     )
 

@@ -10,12 +10,22 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.llm import LlmActivities
+    from activities.notify import NotifyActivities
     from activities.store import StoreActivities
     from activities.tools import ToolActivities
     from schemas.agent_task import (
         AgentTaskResult,
+        AnswerQuestionInput,
+        ApprovalRecord,
+        ApprovalStatus,
+        ApprovalView,
+        DecideApprovalInput,
         LlmCallInput,
+        NotificationInput,
         PlanUpdate,
+        QuestionRecord,
+        QuestionStatus,
+        QuestionView,
         RecordToolResultInput,
         StartAgentTaskInput,
         Step,
@@ -32,12 +42,17 @@ with workflow.unsafe.imports_passed_through():
         LLM_HEARTBEAT_TIMEOUT,
         LLM_RETRY,
         LLM_TIMEOUT,
+        NOTIFY_RETRY,
+        NOTIFY_TIMEOUT,
         STORE_RETRY,
         STORE_TIMEOUT,
         tool_retry,
     )
 
 UPDATE_PLAN_TOOL = "update_plan"
+ASK_USER_TOOL = "ask_user"
+# Tasks started over the API are followed there; others (schedules...) are notified.
+INTERACTIVE_CHANNEL = "api"
 
 # The prompt is transcript row 0; each model reply and each tool result takes the next.
 FIRST_REPLY_SEQ = 1
@@ -56,6 +71,8 @@ def _error_message(error: BaseException) -> str:
 class AgentTaskWorkflow:
     def __init__(self) -> None:
         self._progress: TaskProgress | None = None
+        self._approvals: dict[str, ApprovalView] = {}
+        self._questions: dict[str, QuestionView] = {}
 
     @workflow.query
     def progress(self) -> TaskProgress:
@@ -63,6 +80,57 @@ class AgentTaskWorkflow:
         if self._progress is None:
             raise ApplicationError("the task has not begun yet", type="TaskNotStarted")
         return self._progress
+
+    @workflow.update
+    def decide_approval(self, decision: DecideApprovalInput) -> ApprovalView:
+        """A person approves or rejects a pending tool call."""
+        approval = self._approvals[decision.approval_id]
+        approved = decision.decision == "approve"
+        approval.status = ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED
+        approval.decided_at = workflow.now()
+        approval.decided_by = decision.decided_by
+        approval.decided_via = decision.channel
+        approval.reason = decision.reason
+        return approval
+
+    @decide_approval.validator
+    def _check_decision(self, decision: DecideApprovalInput) -> None:
+        """Refuse unknown, decided and expired approvals before they reach history."""
+        approval = self._approvals.get(decision.approval_id)
+        if approval is None:
+            raise ApplicationError(
+                f"this task has no approval {decision.approval_id}", type="ApprovalNotFound"
+            )
+        if approval.status is not ApprovalStatus.PENDING:
+            raise ApplicationError(
+                f"approval {approval.id} was already {approval.status.value}",
+                type="ApprovalAlreadyDecided",
+            )
+        if workflow.now() >= approval.expires_at:
+            raise ApplicationError(f"approval {approval.id} has expired", type="ApprovalExpired")
+
+    @workflow.update
+    def answer_question(self, answer: AnswerQuestionInput) -> QuestionView:
+        """The user answers the agent's pending question."""
+        question = self._questions[answer.question_id]
+        question.status = QuestionStatus.ANSWERED
+        question.answer = answer.text
+        return question
+
+    @answer_question.validator
+    def _check_answer(self, answer: AnswerQuestionInput) -> None:
+        question = self._questions.get(answer.question_id)
+        if question is None:
+            raise ApplicationError(
+                f"this task has no question {answer.question_id}", type="QuestionNotFound"
+            )
+        if question.status is not QuestionStatus.PENDING:
+            raise ApplicationError(
+                f"question {question.id} was already {question.status.value}",
+                type="QuestionAlreadySettled",
+            )
+        if workflow.now() >= question.expires_at:
+            raise ApplicationError(f"question {question.id} has expired", type="QuestionExpired")
 
     @workflow.run
     async def run(self, task: StartAgentTaskInput) -> AgentTaskResult:
@@ -89,6 +157,9 @@ class AgentTaskWorkflow:
                 await self._record_end()
                 raise
         await self._record_end()
+        if task.notify or task.channel != INTERACTIVE_CHANNEL:
+            await self._notify_finished(task)
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return AgentTaskResult(
             task_id=task.task_id,
             status=self._progress.status,
@@ -106,6 +177,37 @@ class AgentTaskWorkflow:
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
             summary=f"record the task as {self._progress.status}",
+        )
+
+    async def _notify(
+        self, task: StartAgentTaskInput, kind: str, title: str, body: str, key: str
+    ) -> None:
+        """Tell the user on their channels; `key` makes a retried delivery a no-op."""
+        await workflow.execute_activity_method(
+            NotifyActivities.notify,
+            NotificationInput(
+                user_id=task.user_id,
+                kind=kind,
+                title=title,
+                body=body,
+                task_id=task.task_id,
+                dedupe_key=key,
+            ),
+            start_to_close_timeout=NOTIFY_TIMEOUT,
+            retry_policy=NOTIFY_RETRY,
+            summary=f"notify: {title}",
+        )
+
+    async def _notify_finished(self, task: StartAgentTaskInput) -> None:
+        assert self._progress is not None
+        status = self._progress.status
+        body = self._progress.result_text or self._progress.error or status.value
+        await self._notify(
+            task,
+            f"task_{status.value}",
+            f"Task {status.value}: {task.prompt[:60]}",
+            body,
+            f"task:{task.task_id}:finished",
         )
 
     async def _loop(self, task: StartAgentTaskInput, plan: TaskPlan) -> None:
@@ -170,10 +272,20 @@ class AgentTaskWorkflow:
     async def _run_tool(
         self, task: StartAgentTaskInput, grant: ToolGrant | None, call: ToolCall, result_seq: int
     ) -> None:
-        """Run one tool call if its policy allows it; otherwise tell Claude why not."""
+        """Run one tool call if its policy allows it (after a person's approval for
+        confirm-tier tools); otherwise tell Claude why not."""
         assert self._progress is not None
         step = self._start_step("tool", call.name, call.arguments)
+        if grant is not None and call.name == ASK_USER_TOOL:
+            outcome, text = await self._ask_user(task, grant, call)
+            self._finish_step(step, outcome, text)
+            await self._record_result(task, call, result_seq, text, outcome, is_error=False)
+            return
         outcome, reason = "refused", _refusal(grant, call.name)
+        if grant is not None and reason is None and grant.policy is ToolPolicy.CONFIRM:
+            approval = await self._await_approval(task, grant, call)
+            if approval.status is not ApprovalStatus.APPROVED:
+                outcome, reason = approval.status.value, _not_approved(approval)
         if grant is not None and reason is None:
             try:
                 result = await workflow.execute_activity_method(
@@ -194,13 +306,26 @@ class AgentTaskWorkflow:
                 return
         assert reason is not None
         self._finish_step(step, outcome, reason)
+        await self._record_result(task, call, result_seq, reason, outcome, is_error=True)
+
+    async def _record_result(
+        self,
+        task: StartAgentTaskInput,
+        call: ToolCall,
+        result_seq: int,
+        text: str,
+        outcome: str,
+        is_error: bool,
+    ) -> None:
+        """Write a tool result the workflow decided (refused, rejected, failed, answered)."""
         await workflow.execute_activity_method(
             StoreActivities.record_tool_result,
             RecordToolResultInput(
                 task_id=task.task_id,
                 tool_use_id=call.id,
                 result_seq=result_seq,
-                text=reason,
+                text=text,
+                is_error=is_error,
                 tool_name=call.name,
                 outcome=outcome,
             ),
@@ -208,6 +333,114 @@ class AgentTaskWorkflow:
             retry_policy=STORE_RETRY,
             summary=f"tool {call.name} {outcome}",
         )
+
+    async def _await_approval(
+        self, task: StartAgentTaskInput, grant: ToolGrant, call: ToolCall
+    ) -> ApprovalView:
+        """Park until a person decides (the `decide_approval` update) or the approval expires."""
+        now = workflow.now()
+        timeout = timedelta(seconds=grant.approval_timeout_seconds)
+        approval = ApprovalView(
+            id=str(workflow.uuid4()),
+            tool=call.name,
+            tool_use_id=call.id,
+            arguments=call.arguments,
+            requested_at=now,
+            expires_at=now + timeout,
+        )
+        self._approvals[approval.id] = approval
+        self._refresh_phase()
+        await self._record_approval(task, approval, f"approve {call.name}?")
+        await self._notify(
+            task,
+            "approval_requested",
+            f"Approve {call.name}?",
+            f"Your task wants to run {call.name} with {call.arguments}. Approve or reject it "
+            f"before {approval.expires_at:%Y-%m-%d %H:%M} UTC.",
+            f"approval:{approval.id}",
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: approval.status is not ApprovalStatus.PENDING, timeout=timeout
+            )
+        except TimeoutError:
+            approval.status = ApprovalStatus.EXPIRED
+        self._refresh_phase()
+        await self._record_approval(task, approval, f"{call.name} {approval.status.value}")
+        return approval
+
+    async def _record_approval(
+        self, task: StartAgentTaskInput, approval: ApprovalView, summary: str
+    ) -> None:
+        await workflow.execute_activity_method(
+            StoreActivities.record_approval,
+            ApprovalRecord(
+                task_id=task.task_id, user_id=task.user_id, channel=task.channel, approval=approval
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=summary,
+        )
+
+    async def _ask_user(
+        self, task: StartAgentTaskInput, grant: ToolGrant, call: ToolCall
+    ) -> tuple[str, str]:
+        """Ask the user and park until they answer (the `answer_question` update) or the
+        question expires. Returns the outcome and the text Claude gets back."""
+        text = str(call.arguments.get("question", "")).strip()
+        if not text:
+            return "error", "ask_user needs a non-empty `question`"
+        now = workflow.now()
+        timeout = timedelta(seconds=grant.approval_timeout_seconds)
+        question = QuestionView(
+            id=str(workflow.uuid4()), text=text, asked_at=now, expires_at=now + timeout
+        )
+        self._questions[question.id] = question
+        self._refresh_phase()
+        await self._record_question(task, question, "ask the user")
+        await self._notify(
+            task, "question_asked", "Your agent asks", text, f"question:{question.id}"
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: question.status is not QuestionStatus.PENDING, timeout=timeout
+            )
+        except TimeoutError:
+            question.status = QuestionStatus.EXPIRED
+        self._refresh_phase()
+        await self._record_question(task, question, f"question {question.status.value}")
+        if question.status is QuestionStatus.ANSWERED:
+            return "answered", f"The user answered: {question.answer}"
+        return "expired", "The user did not answer in time; carry on without their answer."
+
+    async def _record_question(
+        self, task: StartAgentTaskInput, question: QuestionView, summary: str
+    ) -> None:
+        await workflow.execute_activity_method(
+            StoreActivities.record_question,
+            QuestionRecord(task_id=task.task_id, question=question),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=summary,
+        )
+
+    def _refresh_phase(self) -> None:
+        """Status and phase follow what the task waits for: approvals first, then answers."""
+        assert self._progress is not None
+        approvals = [a for a in self._approvals.values() if a.status is ApprovalStatus.PENDING]
+        questions = [q for q in self._questions.values() if q.status is QuestionStatus.PENDING]
+        self._progress.pending_approvals = approvals
+        self._progress.pending_question = questions[0] if questions else None
+        if approvals:
+            status = TaskStatus.AWAITING_APPROVAL
+        elif questions:
+            status = TaskStatus.AWAITING_ANSWER
+        else:
+            status = TaskStatus.RUNNING
+        if status is not self._progress.status:
+            self._progress.status = status
+            self._progress.phase = status.value
+            workflow.upsert_search_attributes([PHASE.value_set(status.value)])
 
     def _start_step(
         self, kind: Literal["llm", "tool"], name: str, arguments: dict[str, Any] | None = None
@@ -240,12 +473,19 @@ class AgentTaskWorkflow:
 
 
 def _refusal(grant: ToolGrant | None, name: str) -> str | None:
-    """Why the workflow will not run this call, or None when policy allows it. Decided here,
-    from the agent's grants, never from anything the model says."""
+    """Why the workflow will not run this call at all, or None when policy lets it run
+    (confirm-tier calls after a person's approval). Decided here, from the agent's grants
+    and the user's preferences, never from anything the model says."""
     if grant is None:
         return f"the tool {name} is not available to this agent"
     if grant.policy is ToolPolicy.NEVER:
         return f"the tool {name} is disabled by policy"
-    if grant.policy is ToolPolicy.CONFIRM:
-        return f"the tool {name} needs a person's approval, which this version of Keel cannot ask for yet"
     return None
+
+
+def _not_approved(approval: ApprovalView) -> str:
+    """What Claude is told when a person said no, or nobody said anything in time."""
+    if approval.status is ApprovalStatus.EXPIRED:
+        return f"the tool {approval.tool} was not run: nobody approved it before it expired"
+    because = f": {approval.reason}" if approval.reason else " (no reason given)"
+    return f"the tool {approval.tool} was not run: the user rejected it{because}"

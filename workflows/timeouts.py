@@ -12,6 +12,14 @@ STORE_RETRY = RetryPolicy(
     non_retryable_error_types=["UnknownAgent", "ValueError"],
 )
 
+NOTIFY_TIMEOUT = timedelta(seconds=30)
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=20,
+    non_retryable_error_types=["UnknownUser"],
+)
+
 # A Claude call streams; heartbeats show it is alive, so a lost worker is noticed fast.
 LLM_TIMEOUT = timedelta(minutes=10)
 LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=20)

@@ -1,31 +1,38 @@
 """Agent tasks: start one, follow it, list them."""
 
-from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import uuid4
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
 from api.events import event_stream
+from api.paging import newest_first
 from core.agents import UnknownAgent
 from core.records import insert_task_row
 from schemas import search_attributes
 from schemas.agent_task import (
     TERMINAL_STATUSES,
+    AnswerQuestionInput,
+    ApprovalView,
+    DecideApprovalInput,
+    QuestionView,
     StartAgentTaskInput,
     TaskProgress,
     TaskStatus,
     Usage,
 )
 from schemas.api import (
+    AnswerRequest,
     CreateTaskRequest,
+    DecisionRequest,
     TaskCancelled,
     TaskCreated,
     TaskPage,
@@ -69,6 +76,8 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
         created_at=task.created_at,
         steps=progress.steps,
         plan=progress.plan,
+        pending_approvals=progress.pending_approvals,
+        pending_question=progress.pending_question,
         usage=progress.usage or Usage(),
         stop_reason=progress.stop_reason,
         result=TaskResultBody(text=progress.result_text) if finished else None,
@@ -113,6 +122,7 @@ async def create_task(
         channel="api",
         max_steps=body.max_steps,
         max_tokens=body.max_tokens,
+        notify=body.notify,
     )
     # The row first, so the task is listed and owned the moment it exists; removed again
     # if Temporal refuses the start, so nothing half-written is left behind.
@@ -168,19 +178,15 @@ async def list_tasks(
     session: DbSession,
     status_filter: TaskStatus | None = Query(default=None, alias="status"),
     limit: int = Query(default=20, ge=1, le=100),
-    cursor: datetime | None = Query(default=None, description="`next_cursor` of the previous page"),
+    cursor: str | None = Query(default=None, description="`next_cursor` of the previous page"),
 ) -> TaskPage:
     """The caller's tasks, newest first, from the tasks projection."""
     statement = select(Task).where(Task.user_id == user.id)
     if status_filter is not None:
         statement = statement.where(Task.status == status_filter.value)
-    if cursor is not None:
-        statement = statement.where(col(Task.created_at) < cursor)
-    rows = list(
-        await session.exec(statement.order_by(col(Task.created_at).desc()).limit(limit + 1))
+    page, next_cursor = await newest_first(
+        session, statement, col(Task.created_at), col(Task.id), cursor, limit
     )
-    page = rows[:limit]
-    next_cursor = page[-1].created_at.isoformat() if len(rows) > limit else None
     return TaskPage(items=[_view(task) for task in page], next_cursor=next_cursor)
 
 
@@ -227,3 +233,62 @@ async def task_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+# Update rejections that mean "no such thing here" rather than "not any more".
+_MISSING = {"ApprovalNotFound", "QuestionNotFound"}
+
+
+async def _send_update(client: Client, task: Task, update: Any, argument: Any) -> Any:
+    """Send an update to the task's workflow; its validator's refusals become 404 or 409."""
+    handle = client.get_workflow_handle(workflow_id(task.id))
+    try:
+        return await handle.execute_update(update, argument)
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError):
+            code = status.HTTP_404_NOT_FOUND if cause.type in _MISSING else status.HTTP_409_CONFLICT
+            raise HTTPException(code, cause.message) from None
+        raise
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"task {task.id} has ended") from None
+        raise ServiceUnavailable(f"Temporal could not deliver: {exc.message}") from exc
+
+
+@router.post("/{task_id}/approvals/{approval_id}", response_model=ApprovalView)
+async def decide_approval(
+    task_id: str,
+    approval_id: str,
+    body: DecisionRequest,
+    user: CurrentUser,
+    session: DbSession,
+    client: TemporalClient,
+) -> ApprovalView:
+    """Approve or reject a pending tool call. A second decision, or one after the approval
+    expired, answers 409."""
+    task = await owned_task(session, task_id, user)
+    decision = DecideApprovalInput(
+        approval_id=approval_id,
+        decision=body.decision,
+        reason=body.reason,
+        decided_by=user.id,
+        channel="api",
+    )
+    result: ApprovalView = await _send_update(
+        client, task, AgentTaskWorkflow.decide_approval, decision
+    )
+    return result
+
+
+@router.post("/{task_id}/answer", response_model=QuestionView)
+async def answer_question(
+    task_id: str, body: AnswerRequest, user: CurrentUser, session: DbSession, client: TemporalClient
+) -> QuestionView:
+    """Answer the agent's pending question (`pending_question.id` in GET /v1/tasks/{id})."""
+    task = await owned_task(session, task_id, user)
+    answer = AnswerQuestionInput(question_id=body.question_id, text=body.text)
+    result: QuestionView = await _send_update(
+        client, task, AgentTaskWorkflow.answer_question, answer
+    )
+    return result
