@@ -1,0 +1,1 @@
+"""Keel's benchmarks: run on demand (`python -m bench.<name>`), never by `make test`."""
