@@ -42,6 +42,7 @@ import workers.worker
 from activities.builtin_tools import builtin_registry
 from bench.bare_agent import BareActivities, BareAgentWorkflow
 from bench.common import ToolLoopModel, setup_logging, summary
+from bench.parked import ParkedWorkflow
 from core.db import create_engine, session_factory
 from core.settings import Settings
 from core.temporal import connect_temporal
@@ -331,7 +332,15 @@ async def serve_fake(config: dict[str, Any], stop: asyncio.Event) -> None:
         await _until_stopped(stop, config["deadline_seconds"])
 
 
-ROLES = {"worker": serve_worker, "api": serve_api, "fake": serve_fake}
+async def serve_parked(config: dict[str, Any], stop: asyncio.Event) -> None:
+    """A worker for `bench.parked.ParkedWorkflow` alone: the approvals benchmark's baseline."""
+    client = await connect_temporal(config["temporal_address"])
+    async with Worker(client, task_queue=config["task_queue"], workflows=[ParkedWorkflow]):
+        _ready({"task_queue": config["task_queue"]})
+        await _until_stopped(stop, config["deadline_seconds"])
+
+
+ROLES = {"worker": serve_worker, "api": serve_api, "fake": serve_fake, "parked": serve_parked}
 
 
 async def serve(role: str, config: dict[str, Any]) -> None:
