@@ -63,6 +63,9 @@ async def test_approved_tool_runs_once_a_person_says_yes(
 
     waiting = await wait_for_status(api, task_id, alice, "awaiting_approval")
     assert waiting["phase"] == "awaiting_approval"
+    # Live progress (read from Postgres while the task runs): Claude's step, its usage.
+    assert [(s["kind"], s["outcome"]) for s in waiting["steps"]] == [("llm", "tool_use")]
+    assert waiting["usage"]["input_tokens"] == 10
     [pending] = waiting["pending_approvals"]
     assert (pending["tool"], pending["arguments"]) == ("notes_delete", {"path": "old.md"})
     assert await note_paths(sessions, alice) == ["old.md"]  # nothing ran yet

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
 from api.events import event_stream
 from api.paging import newest_first
+from api.progress import live_progress
 from core.agents import UnknownAgent
 from core.records import insert_task_row
 from schemas import search_attributes
@@ -85,17 +86,6 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
     )
 
 
-async def _live_progress(client: Client, task: Task) -> TaskProgress | None:
-    """The running workflow's progress, or None when only the projection can tell."""
-    handle = client.get_workflow_handle(workflow_id(task.id))
-    try:
-        return await handle.query(AgentTaskWorkflow.progress)
-    except WorkflowQueryFailedError:
-        return None  # not begun yet: the projection row says "running"
-    except RPCError as exc:
-        raise ServiceUnavailable(f"Temporal could not answer: {exc.message}") from exc
-
-
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskCreated)
 async def create_task(
     body: CreateTaskRequest,
@@ -162,14 +152,12 @@ async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
 
 
 @router.get("/{task_id}", response_model=TaskView)
-async def get_task(
-    task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
-) -> TaskView:
+async def get_task(task_id: str, user: CurrentUser, session: DbSession) -> TaskView:
     """A task's status, steps, plan, usage and result; another user's task answers 404."""
     task = await owned_task(session, task_id, user)
     if task.status in TERMINAL_STATUSES:
         return _view(task)
-    return _view(task, await _live_progress(client, task))
+    return _view(task, await live_progress(session, task))
 
 
 @router.get("", response_model=TaskPage)
