@@ -8,7 +8,7 @@ after another:
 
 1. `GET /healthz`, the baseline: the same server, no database, no Temporal;
 2. `POST /v1/tasks` (each starts a real task);
-3. `GET /v1/tasks/{id}` while those tasks run (live progress: a Temporal query);
+3. `GET /v1/tasks/{id}` while those tasks run (live progress);
 4. `GET /v1/tasks/{id}` once they have finished (the Postgres projection).
 
 Each is also measured with a single client, which shows the service time without queueing.
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -31,6 +32,7 @@ from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from bench.common import (
+    RESULTS_DIR,
     ChildProcess,
     Infra,
     ProcessSampler,
@@ -183,6 +185,23 @@ async def wait_until_closed(infra: Infra, task_queue: str, count: int, limit: fl
     return closed
 
 
+async def describe_open(infra: Infra, task_queue: str, limit: int = 3) -> list[dict[str, Any]]:
+    """What a few still-open tasks are waiting for: pending activities and workflow task."""
+    described = []
+    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    async for execution in infra.client.list_workflows(query, limit=limit):
+        raw = (await infra.client.get_workflow_handle(execution.id).describe()).raw_description
+        described.append(
+            {
+                "id": execution.id,
+                "history_length": raw.workflow_execution_info.history_length,
+                "pending_workflow_task": str(raw.pending_workflow_task),
+                "pending_activities": [str(activity) for activity in raw.pending_activities],
+            }
+        )
+    return described
+
+
 async def measure(args: argparse.Namespace) -> Report:
     phases: dict[str, Phase] = {}
     async with infrastructure("api-latency") as infra:
@@ -305,11 +324,15 @@ async def measure(args: argparse.Namespace) -> Report:
                 "query", query_directly, args.clients, args.requests
             )
             closed = await wait_until_closed(infra, task_queue, len(task_ids), args.wait)
+            stalled: list[dict[str, Any]] = []
             if closed < len(task_ids):
                 print(
                     f"bench: {closed} of {len(task_ids)} tasks finished within --wait; "
                     "the 'finished' reads mix states"
                 )
+                stalled = await describe_open(infra, task_queue)
+                for log in infra.workdir.glob("*.log"):
+                    shutil.copy(log, RESULTS_DIR / f"api-stalled-{log.name}")
             phases["GET /v1/tasks/{id}, finished, 1 client"] = await load.run(
                 "GET finished, 1 client", read, 1, SINGLE_CLIENT_REQUESTS, task_status
             )
@@ -326,6 +349,7 @@ async def measure(args: argparse.Namespace) -> Report:
                     await child.stop()
     result = report(args, phases, profile_summary)
     result.detail["tasks_closed_before_finished_reads"] = [closed, len(task_ids)]
+    result.detail["open_tasks_described"] = stalled
     return result
 
 
