@@ -1,6 +1,7 @@
 """Typed tools: a pydantic argument model, a policy, a timeout, a retry bound, a handler.
 The registry produces Claude's tool specs and runs a call by name."""
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,13 @@ class ToolContext:
 Handler = Callable[[ToolContext, Any], Awaitable[str]]
 
 
+@functools.cache
+def _input_schema(args_model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema, built once: pydantic rebuilds it on every call, and every
+    Claude call sends the specs. Shared, so callers must not change it."""
+    return args_model.model_json_schema()
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -46,7 +54,7 @@ class Tool:
         return {
             "name": self.name,
             "description": self.description,
-            "input_schema": self.args_model.model_json_schema(),
+            "input_schema": _input_schema(self.args_model),
         }
 
     def grant(self) -> ToolGrant:
