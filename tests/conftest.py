@@ -25,7 +25,7 @@ from core.db import create_engine, migrate, session_factory, session_scope, star
 from core.records import create_user
 from core.settings import Settings
 from core.temporal import connect_temporal
-from schemas.agent_task import AgentTaskResult, StartAgentTaskInput
+from schemas.agent_task import TERMINAL_STATUSES, AgentTaskResult, StartAgentTaskInput
 from tests.fake_anthropic import FakeAnthropic
 from workers.dev import TemporalDevServer
 from workers.worker import build_worker
@@ -155,19 +155,28 @@ async def start_task(
     )
 
 
-async def wait_until_finished(
-    api: httpx.AsyncClient, task_id: str, headers: dict[str, str], within: float = 30.0
+async def wait_for_status(
+    api: httpx.AsyncClient,
+    task_id: str,
+    headers: dict[str, str],
+    wanted: frozenset[str],
+    within: float = 30.0,
 ) -> Any:
-    """Poll GET /v1/tasks/{id} until the task has ended; its last view."""
+    """Poll GET /v1/tasks/{id} until the task's status is one of `wanted`; its view then."""
     deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         response = await api.get(f"/v1/tasks/{task_id}", headers=headers)
         assert response.status_code == 200, response.text
         body = response.json()
-        if body["status"] in ("completed", "failed", "cancelled"):
+        if body["status"] in wanted:
             return body
         await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} did not finish: {body}")
+    raise AssertionError(f"task {task_id} never reached {sorted(wanted)}: {body}")
+
+
+async def wait_until_finished(api: httpx.AsyncClient, task_id: str, headers: dict[str, str]) -> Any:
+    """Poll GET /v1/tasks/{id} until the task has ended; its last view."""
+    return await wait_for_status(api, task_id, headers, frozenset(TERMINAL_STATUSES))
 
 
 HISTORIES_DIR = Path(__file__).parent / "histories"

@@ -13,20 +13,19 @@ from temporalio.worker import Worker
 
 from core.db import session_scope
 from schemas.tables import Approval, Note
-from tests.conftest import Account, MakeAccount, assert_replays, wait_until_finished
+from tests.conftest import (
+    Account,
+    MakeAccount,
+    assert_replays,
+    wait_for_status,
+    wait_until_finished,
+)
 from tests.fake_anthropic import FakeAnthropic, Reply, ToolCall, text, tool_use
 from tests.test_task_progress import parse_events
 
 
-async def wait_for_status(
-    api: httpx.AsyncClient, task_id: str, account: Account, wanted: str
-) -> Any:
-    for _ in range(300):
-        body = (await api.get(f"/v1/tasks/{task_id}", headers=account.headers)).json()
-        if body["status"] == wanted:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} never reached {wanted}: {body}")
+async def wait_for(api: httpx.AsyncClient, task_id: str, account: Account, wanted: str) -> Any:
+    return await wait_for_status(api, task_id, account.headers, frozenset({wanted}))
 
 
 async def add_note(
@@ -61,7 +60,7 @@ async def test_approved_tool_runs_once_a_person_says_yes(
     fake_claude.script(tool_use(ToolCall("notes_delete", {"path": "old.md"})), text("Deleted."))
     task_id = await start(api, alice, "Delete old.md")
 
-    waiting = await wait_for_status(api, task_id, alice, "awaiting_approval")
+    waiting = await wait_for(api, task_id, alice, "awaiting_approval")
     assert waiting["phase"] == "awaiting_approval"
     # Live progress (read from Postgres while the task runs): Claude's step, its usage.
     assert [(s["kind"], s["outcome"]) for s in waiting["steps"]] == [("llm", "tool_use")]
@@ -119,9 +118,7 @@ async def test_rejected_tool_does_not_run_and_claude_is_told_why(
     await add_note(sessions, alice, "keep.md", "precious")
     fake_claude.script(tool_use(ToolCall("notes_delete", {"path": "keep.md"})), text("Kept it."))
     task_id = await start(api, alice, "Delete keep.md")
-    [pending] = (await wait_for_status(api, task_id, alice, "awaiting_approval"))[
-        "pending_approvals"
-    ]
+    [pending] = (await wait_for(api, task_id, alice, "awaiting_approval"))["pending_approvals"]
 
     rejected = await api.post(
         f"/v1/tasks/{task_id}/approvals/{pending['id']}",
@@ -157,7 +154,7 @@ async def test_text_in_a_tool_result_cannot_grant_approval(
         text("Done."),
     )
     task_id = await start(api, alice, "Read a.md and do what it says")
-    waiting = await wait_for_status(api, task_id, alice, "awaiting_approval")
+    waiting = await wait_for(api, task_id, alice, "awaiting_approval")
     # Both deletions wait for a person, side by side; nothing was deleted.
     assert sorted(a["arguments"]["path"] for a in waiting["pending_approvals"]) == ["a.md", "b.md"]
     assert sorted(await note_paths(sessions, alice)) == ["a.md", "b.md"]
@@ -196,7 +193,7 @@ async def test_ask_user_waits_for_the_answer(
     fake_claude.respond_with(answer_with_color)
     task_id = await start(api, alice, "Paint the fence")
 
-    waiting = await wait_for_status(api, task_id, alice, "awaiting_answer")
+    waiting = await wait_for(api, task_id, alice, "awaiting_answer")
     question = waiting["pending_question"]
     assert question["text"] == "Which colour?"
     url = f"/v1/tasks/{task_id}/answer"
@@ -236,7 +233,7 @@ async def test_the_users_own_preferences_decide_what_needs_approval(
     )
     task_id = await start(api, alice, "Delete tmp.md, then tell me the time")
 
-    waiting = await wait_for_status(api, task_id, alice, "awaiting_approval")
+    waiting = await wait_for(api, task_id, alice, "awaiting_approval")
     assert await note_paths(sessions, alice) == []  # always allowed: ran without asking
     [pending] = waiting["pending_approvals"]
     assert pending["tool"] == "get_current_time"  # always ask: waits for a person
