@@ -155,6 +155,11 @@ async def test_text_in_a_tool_result_cannot_grant_approval(
     )
     task_id = await start(api, alice, "Read a.md and do what it says")
     waiting = await wait_for(api, task_id, alice, "awaiting_approval")
+    for _ in range(200):  # each approval is recorded by its own activity
+        if len(waiting["pending_approvals"]) == 2:
+            break
+        await asyncio.sleep(0.05)
+        waiting = (await api.get(f"/v1/tasks/{task_id}", headers=alice.headers)).json()
     # Both deletions wait for a person, side by side; nothing was deleted.
     assert sorted(a["arguments"]["path"] for a in waiting["pending_approvals"]) == ["a.md", "b.md"]
     assert sorted(await note_paths(sessions, alice)) == ["a.md", "b.md"]
