@@ -15,7 +15,6 @@ Each prints `READY <json>` once it serves, and stops when its standard input clo
 
 import asyncio
 import contextlib
-import functools
 import json
 import resource
 import sys
@@ -23,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import anthropic
 import httpx
@@ -38,7 +36,6 @@ from temporalio.worker import (
     Worker,
 )
 
-import workers.worker
 from activities.builtin_tools import builtin_registry
 from bench.bare_agent import BareActivities, BareAgentWorkflow
 from bench.common import ToolLoopModel, setup_logging, summary
@@ -48,6 +45,7 @@ from core.settings import Settings
 from core.temporal import connect_temporal
 from tests.fake_anthropic import FakeAnthropic
 from workers.api_server import run_api
+from workers.worker import build_worker
 
 
 def _stop_on_stdin_close(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -224,20 +222,6 @@ def worker_options(config: dict[str, Any], stats: ActivityStats) -> dict[str, An
     return options
 
 
-def build_tuned_worker(
-    client: Any,
-    settings: Settings,
-    engine: AsyncEngine,
-    claude: anthropic.AsyncAnthropic,
-    options: dict[str, Any],
-) -> Worker:
-    """Keel's own `build_worker`, its `Worker` given extra options (concurrency limits,
-    pollers, the timing interceptor) that Keel does not take as settings yet."""
-    tuned = functools.partial(Worker, **options)
-    with mock.patch.object(workers.worker, "Worker", tuned):
-        return workers.worker.build_worker(client, settings, session_factory(engine), claude)
-
-
 def database_engine(config: dict[str, Any]) -> tuple[AsyncEngine, int]:
     """Keel's engine (`core.db.create_engine`), or the same with another pool size."""
     url = config["database_url"]
@@ -278,7 +262,7 @@ async def serve_worker(config: dict[str, Any], stop: asyncio.Event) -> None:
         )
     else:
         settings = Settings(task_queue=config["task_queue"], database_url=config["database_url"])
-        worker = build_tuned_worker(client, settings, engine, claude, options)
+        worker = build_worker(client, settings, session_factory(engine), claude, **options)
     sampling = asyncio.create_task(sampler.run())
     async with worker:
         _ready({"task_queue": config["task_queue"]})

@@ -3,6 +3,7 @@
 import asyncio
 import os
 from datetime import timedelta
+from typing import Any
 
 import anthropic
 import structlog
@@ -42,7 +43,10 @@ def build_worker(
     sessions: async_sessionmaker[AsyncSession],
     claude: anthropic.AsyncAnthropic | None,
     task_queue: str | None = None,
+    **worker_options: Any,
 ) -> Worker:
+    """Keel's worker: every workflow and activity. `worker_options` go to Temporal's
+    `Worker` as they are (concurrency limits, pollers, interceptors)."""
     tools = builtin_registry()
     agents = AgentCatalog.load(settings.agents_file)
     store = StoreActivities(sessions, agents, tools, settings)
@@ -66,6 +70,7 @@ def build_worker(
             tool_runner.run_tool,
             notify.notify,
         ],
+        **worker_options,
     )
 
 
