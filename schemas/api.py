@@ -147,3 +147,10 @@ class NotificationView(BaseModel):
 class NotificationPage(BaseModel):
     items: list[NotificationView]
     next_cursor: str | None
+
+
+class TelegramLinkCode(BaseModel):
+    """A one-time code linking a Telegram chat to the caller: `/link <code>` in the chat."""
+
+    code: str
+    expires_at: datetime

@@ -72,6 +72,20 @@ def api() -> None:
     _run_until_signal(lambda stop: run_api(settings, url, stop))
 
 
+@app.command()
+def telegram() -> None:
+    """Run the Telegram bot (KEEL_TELEGRAM_BOT_TOKEN): long polling, or a webhook when
+    KEEL_TELEGRAM_WEBHOOK_URL is set."""
+    from workers.telegram import run_telegram
+
+    settings = _setup()
+    if settings.telegram_bot_token is None:
+        typer.echo("keel telegram: set KEEL_TELEGRAM_BOT_TOKEN (from @BotFather)", err=True)
+        raise typer.Exit(1)
+    url = database_url(settings)
+    _run_until_signal(lambda stop: run_telegram(settings, url, stop))
+
+
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply the database migrations."""

@@ -1,24 +1,24 @@
 """Agent tasks: start one, follow it, list them."""
 
+from collections.abc import Awaitable
 from typing import Annotated, Any
 from uuid import uuid4
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from sqlmodel import col, delete, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
 from api.events import event_stream
 from api.paging import newest_first
 from api.progress import live_progress
 from core.agents import UnknownAgent
-from core.records import insert_task_row
-from schemas import search_attributes
+from core.task_control import TaskUpdateRefused, start_task
+from core.task_control import answer_question as answer_question_update
+from core.task_control import cancel_task as cancel_task_workflow
+from core.task_control import decide_approval as decide_approval_update
 from schemas.agent_task import (
     TERMINAL_STATUSES,
     AnswerQuestionInput,
@@ -41,13 +41,8 @@ from schemas.api import (
     TaskView,
 )
 from schemas.tables import Task, User
-from workflows.agent_task import AgentTaskWorkflow
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-
-
-def workflow_id(task_id: str) -> str:
-    return f"task-{task_id}"
 
 
 def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
@@ -114,29 +109,11 @@ async def create_task(
         max_tokens=body.max_tokens,
         notify=body.notify,
     )
-    # The row first, so the task is listed and owned the moment it exists; removed again
-    # if Temporal refuses the start, so nothing half-written is left behind.
-    await insert_task_row(session, task)
-    await session.commit()
     try:
-        await client.start_workflow(
-            AgentTaskWorkflow.run,
-            task,
-            id=workflow_id(task.task_id),
-            task_queue=settings.task_queue,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(search_attributes.USER_ID, user.id),
-                    SearchAttributePair(search_attributes.CHANNEL, task.channel),
-                    SearchAttributePair(search_attributes.AGENT, task.agent),
-                    SearchAttributePair(search_attributes.PHASE, TaskStatus.RUNNING.value),
-                ]
-            ),
-            static_summary=f"{user.name}: {body.prompt[:80]}",
+        await start_task(
+            session, client, task, settings.task_queue, f"{user.name}: {body.prompt[:80]}"
         )
     except RPCError as exc:
-        await session.exec(delete(Task).where(col(Task.id) == task.task_id))
-        await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
     return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
 
@@ -190,11 +167,11 @@ async def cancel_task(
     if task.status in TERMINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already ended {task.status}")
     try:
-        await client.get_workflow_handle(workflow_id(task.id)).cancel()
+        cancelled = await cancel_task_workflow(client, task.id)
     except RPCError as exc:
-        if exc.status is not RPCStatusCode.NOT_FOUND:
-            raise ServiceUnavailable(f"Temporal could not cancel: {exc.message}") from exc
-        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is not running") from exc
+        raise ServiceUnavailable(f"Temporal could not cancel: {exc.message}") from exc
+    if not cancelled:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is not running")
     return TaskCancelled(id=task.id, status="cancelling")
 
 
@@ -223,24 +200,15 @@ async def task_events(
     )
 
 
-# Update rejections that mean "no such thing here" rather than "not any more".
-_MISSING = {"ApprovalNotFound", "QuestionNotFound"}
-
-
-async def _send_update(client: Client, task: Task, update: Any, argument: Any) -> Any:
-    """Send an update to the task's workflow; its validator's refusals become 404 or 409."""
-    handle = client.get_workflow_handle(workflow_id(task.id))
+async def _refusals_as_http(update: Awaitable[Any]) -> Any:
+    """Send an update; the task's refusals become 404 (no such approval or question) or
+    409 (settled, expired, ended), and an unreachable Temporal 503."""
     try:
-        return await handle.execute_update(update, argument)
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        if isinstance(cause, ApplicationError):
-            code = status.HTTP_404_NOT_FOUND if cause.type in _MISSING else status.HTTP_409_CONFLICT
-            raise HTTPException(code, cause.message) from None
-        raise
+        return await update
+    except TaskUpdateRefused as exc:
+        code = status.HTTP_404_NOT_FOUND if exc.missing else status.HTTP_409_CONFLICT
+        raise HTTPException(code, exc.message) from None
     except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"task {task.id} has ended") from None
         raise ServiceUnavailable(f"Temporal could not deliver: {exc.message}") from exc
 
 
@@ -263,8 +231,8 @@ async def decide_approval(
         decided_by=user.id,
         channel="api",
     )
-    result: ApprovalView = await _send_update(
-        client, task, AgentTaskWorkflow.decide_approval, decision
+    result: ApprovalView = await _refusals_as_http(
+        decide_approval_update(client, task.id, decision)
     )
     return result
 
@@ -276,7 +244,5 @@ async def answer_question(
     """Answer the agent's pending question (`pending_question.id` in GET /v1/tasks/{id})."""
     task = await owned_task(session, task_id, user)
     answer = AnswerQuestionInput(question_id=body.question_id, text=body.text)
-    result: QuestionView = await _send_update(
-        client, task, AgentTaskWorkflow.answer_question, answer
-    )
+    result: QuestionView = await _refusals_as_http(answer_question_update(client, task.id, answer))
     return result
