@@ -159,6 +159,8 @@ class ApprovalStatus(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    # Recorded by the store only: the task ended (cancelled, failed) while still waiting.
+    CANCELLED = "cancelled"
 
 
 class ApprovalView(BaseModel):
