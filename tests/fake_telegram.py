@@ -43,6 +43,7 @@ class FakeTelegram:
         self.chat_actions: list[dict[str, Any]] = []
         self.flood_refusals = 0  # sendMessage calls answered 429
         self.calls: list[str] = []  # every method called, in order
+        self.commands: list[dict[str, str]] = []  # the bot's command menu
         self._flood_left = 0
         self._retry_after = 1
         self._updates: list[dict[str, Any]] = []
@@ -177,6 +178,7 @@ class FakeTelegram:
                 "getMe": self._get_me,
                 "deleteWebhook": self._delete_webhook,
                 "setWebhook": self._set_webhook,
+                "setMyCommands": self._set_my_commands,
                 "sendChatAction": self._send_chat_action,
                 "answerCallbackQuery": self._answer_callback_query,
                 "sendMessage": self._send_message,
@@ -208,6 +210,10 @@ class FakeTelegram:
         return _ok(True)
 
     def _set_webhook(self, params: dict[str, Any]) -> JSONResponse:
+        return _ok(True)
+
+    def _set_my_commands(self, params: dict[str, Any]) -> JSONResponse:
+        self.commands = params["commands"]
         return _ok(True)
 
     def _send_chat_action(self, params: dict[str, Any]) -> JSONResponse:

@@ -113,6 +113,8 @@ async def test_an_unlinked_chat_is_told_how_to_link_and_nothing_runs(
     reply = await fake_telegram.wait_for_message(chat, "/link CODE")
     assert "not linked" in reply["text"]
     assert "POST /v1/me/telegram-link" in reply["text"]
+    # Telegram's command menu lists what the bot can do.
+    assert {"new", "stop", "tasks", "help"} <= {c["command"] for c in fake_telegram.commands}
     fake_telegram.user_says(chat, "/tasks")
     await fake_telegram.wait_for(lambda: len(fake_telegram.messages_to(chat)) == 2)
     assert "not linked" in fake_telegram.messages_to(chat)[1]["text"]

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from telegram import Chat, Update
+from telegram import BotCommand, Chat, Update
 from telegram import User as TelegramUser
 from telegram.constants import ChatAction
 from telegram.error import TelegramError
@@ -78,17 +78,23 @@ NOT_LINKED = (
     "then send /link CODE here. Codes work once and expire after 15 minutes."
 )
 
+COMMANDS = [
+    BotCommand("new", "start a fresh conversation"),
+    BotCommand("stop", "stop the answer in progress"),
+    BotCommand("tasks", "your recent tasks"),
+    BotCommand("link", "link this chat to your Keel account: /link CODE"),
+    BotCommand("unlink", "unlink this chat"),
+    BotCommand("help", "what I can do"),
+]
+
 HELP = (
     "Talk to your Keel agent: send a message and I answer here.\n\n"
-    "/new - start a fresh conversation\n"
-    "/stop - stop the answer in progress\n"
-    "/tasks - your recent tasks\n"
-    "/link CODE - link this chat to your Keel account\n"
-    "/unlink - unlink this chat\n"
-    "/help - this list\n\n"
-    "When your agent wants to do something risky you get Approve / Reject buttons; "
+    + "\n".join(f"/{command.command} - {command.description}" for command in COMMANDS)
+    + "\n\nWhen your agent wants to do something risky you get Approve / Reject buttons; "
     "when it asks you something, reply to its question."
 )
+
+UNAVAILABLE = "Keel can't reach its task service right now; please try again in a minute."
 
 
 def _chat(update: Update) -> Chat:
@@ -135,7 +141,16 @@ class KeelBot:
         app.add_handler(CallbackQueryHandler(self._button))
         app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._text))
         app.add_handler(MessageHandler(filters.COMMAND, self._help))
+        app.add_error_handler(self._on_error)
         return app
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A handler failed (Temporal or Postgres unreachable...): log it, and tell the chat
+        rather than leave it wondering."""
+        log.error("telegram update failed", error=repr(context.error), exc_info=context.error)
+        if isinstance(update, Update) and update.effective_chat is not None:
+            with contextlib.suppress(TelegramError):
+                await update.effective_chat.send_message(UNAVAILABLE)
 
     async def _once_per_update(self, update: Update, _: ContextTypes.DEFAULT_TYPE) -> None:
         """Record the update's id; one seen before is not handled again."""
@@ -368,13 +383,15 @@ class KeelBot:
             await decide_approval(self._client, approval.task_id, decision)
         except TaskUpdateRefused as exc:
             await query.answer(exc.message)
-            await query.edit_message_text(f"{original}\n\n{exc.message}.")
+            with contextlib.suppress(TelegramError):  # e.g. a message too old to edit
+                await query.edit_message_text(f"{original}\n\n{exc.message}.")
             return
         outcome = "Approved" if action == "approve" else "Rejected"
         await query.answer(outcome)
-        await query.edit_message_text(
-            f"{original}\n\n{outcome} by {query.from_user.full_name} ({user.name})."
-        )
+        with contextlib.suppress(TelegramError):
+            await query.edit_message_text(
+                f"{original}\n\n{outcome} by {query.from_user.full_name} ({user.name})."
+            )
         log.info("approval decided in telegram", approval_id=approval_id, decision=action)
 
 
@@ -463,6 +480,7 @@ async def run_telegram(
         with_updater=not webhook
     )
     async with application:
+        await application.bot.set_my_commands(COMMANDS)
         await application.start()
         log.info("telegram bot up", mode="webhook" if webhook else "polling")
         try:
