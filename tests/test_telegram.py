@@ -30,6 +30,7 @@ from schemas.tables import Approval, ChannelLinkCode, Note, Task, utcnow
 from tests.conftest import Account, MakeAccount, assert_replays, free_port, wait_for_status
 from tests.fake_anthropic import FakeAnthropic, ToolCall, hang, text, tool_use
 from tests.fake_telegram import FakeTelegram
+from tests.test_dev_stack import DevStack, stack  # noqa: F401 (the `keel dev` fixture)
 from workers.telegram import run_telegram
 
 TOKEN = "123456789:AAFakeTokenForKeelTests_abcdefghijk"
@@ -453,3 +454,49 @@ def test_long_answers_are_split_under_telegrams_limit() -> None:
     assert all(part.endswith("🙂") for part in parts)  # broken at line ends
     assert "\n".join(parts) == paragraph.strip()
     assert split_message("x" * 9000) == ["x" * MESSAGE_LIMIT] * 2 + ["x" * 1000]
+
+
+async def test_keel_dev_runs_the_bot_as_a_new_user_meets_it(
+    stack: DevStack,  # noqa: F811 (pytest passes the imported fixture)
+    fake_telegram: FakeTelegram,
+    fake_claude: FakeAnthropic,
+) -> None:
+    """The issue's whole story through `keel dev`: link, talk, approve, flood control."""
+    stack.env |= {
+        "KEEL_TELEGRAM_BOT_TOKEN": TOKEN,
+        "KEEL_TELEGRAM_BASE_URL": fake_telegram.base_url,
+    }
+    await asyncio.to_thread(stack.start)  # the fake answers the bot meanwhile
+    created = await asyncio.to_thread(stack.keel, "users", "create", "ann")
+    headers = {"Authorization": f"Bearer {created.strip().splitlines()[-1]}"}
+    chat = new_chat()
+    fake_telegram.user_says(chat, "hello?")
+    await fake_telegram.wait_for_message(chat, "not linked")
+
+    async with httpx.AsyncClient(base_url=stack.url) as api:
+        code = (await api.post("/v1/me/telegram-link", headers=headers)).json()["code"]
+        fake_telegram.user_says(chat, f"/start {code}")
+        await fake_telegram.wait_for_message(chat, "Linked")
+
+        fake_claude.script(
+            tool_use(ToolCall("notes_write", {"path": "old.md", "content": "stale"})),
+            tool_use(ToolCall("notes_delete", {"path": "old.md"})),
+            text("Wrote and deleted old.md."),
+        )
+        fake_telegram.flood(1, retry_after=1)  # the approval request meets flood control
+        fake_telegram.user_says(chat, "tidy my notes")
+        ask = await fake_telegram.wait_for_message(chat, "Approve notes_delete?", within=60)
+        assert fake_telegram.flood_refusals == 1
+        fake_telegram.press(ask, buttons(ask)[0][1])
+        await fake_telegram.wait_for_message(chat, "Wrote and deleted old.md.", within=60)
+        (task,) = (await api.get("/v1/tasks", headers=headers)).json()["items"]
+    assert [
+        (step["name"], step["outcome"]) for step in task["steps"] if step["kind"] == "tool"
+    ] == [
+        ("notes_write", "ok"),
+        ("notes_delete", "ok"),
+    ]
+    assert await asyncio.to_thread(stack.terminate) == 0
+    logs = stack.log.read_text()
+    assert "telegram bot up" in logs
+    assert TOKEN not in logs and TOKEN.split(":")[1] not in logs
