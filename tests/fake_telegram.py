@@ -45,6 +45,7 @@ class FakeTelegram:
         self.calls: list[str] = []  # every method called, in order
         self.commands: list[dict[str, str]] = []  # the bot's command menu
         self._flood_left = 0
+        self._blocked: set[int] = set()
         self._retry_after = 1
         self._updates: list[dict[str, Any]] = []
         self._news = asyncio.Event()
@@ -128,6 +129,10 @@ class FakeTelegram:
         self._updates.extend(updates)
         self._news.set()
         return updates[-1]
+
+    def block(self, chat_id: int) -> None:
+        """The user blocks the bot: sending to `chat_id` answers 403 from now on."""
+        self._blocked.add(chat_id)
 
     def flood(self, count: int, retry_after: int = 1) -> None:
         """Answer the next `count` sendMessage calls with 429 and this `retry_after`."""
@@ -233,6 +238,8 @@ class FakeTelegram:
                 f"Too Many Requests: retry after {self._retry_after}",
                 parameters={"retry_after": self._retry_after},
             )
+        if int(params["chat_id"]) in self._blocked:
+            return _error(403, "Forbidden: bot was blocked by the user")
         if len(str(params["text"])) > 4096:
             return _error(400, "Bad Request: message is too long")
         message: dict[str, Any] = {

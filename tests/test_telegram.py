@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
 from activities.telegram import MESSAGE_LIMIT, split_message
@@ -300,6 +301,39 @@ async def test_telegram_flood_control_is_waited_out_and_the_answer_arrives_once(
     failure = started[0].last_failure.application_failure_info
     assert failure.type == "TelegramFlood"
     assert failure.next_retry_delay.seconds == 2
+    await assert_replays(delivery)
+
+
+async def test_a_chat_that_blocked_the_bot_loses_nothing(
+    api: httpx.AsyncClient,
+    bot: None,
+    fake_telegram: FakeTelegram,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    temporal_client: Client,
+    make_account: MakeAccount,
+) -> None:
+    ann = await make_account()
+    chat, prompt = new_chat(), f"remind me {uuid.uuid4()}"
+    await link(api, fake_telegram, ann, chat)
+    fake_claude.script(text("Buy milk."))
+    fake_telegram.block(chat)
+
+    fake_telegram.user_says(chat, prompt)
+    await fake_telegram.wait_for(lambda: fake_claude.requests)
+    task = await task_of(sessions, prompt)
+    delivery = temporal_client.get_workflow_handle(f"telegram-{chat}-task:{task.id}:finished")
+    with pytest.raises(WorkflowFailureError) as failed:
+        await delivery.result()
+    activity_error = failed.value.cause
+    assert isinstance(activity_error, ActivityError)
+    cause = activity_error.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "TelegramRejected"
+    # The task still completed, and its answer waits in the web inbox.
+    view = await wait_for_status(api, task.id, ann.headers, frozenset({"completed"}))
+    assert view["result"] == {"text": "Buy milk."}
+    inbox = (await api.get("/v1/notifications", headers=ann.headers)).json()["items"]
+    assert [n["body"] for n in inbox if n["task_id"] == task.id] == ["Buy milk."]
     await assert_replays(delivery)
 
 
