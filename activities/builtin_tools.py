@@ -10,8 +10,10 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.http_fetch import MAX_TEXT_CHARS, HttpFetcher
 from activities.notify import AGENT_MESSAGE, write_notification
@@ -226,14 +228,25 @@ class ReminderRequest(BaseModel):
     ] = Field(description="What to remind the user of.")
 
 
+async def _workflow_exists(client: Client, workflow_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 async def schedule_reminder(ctx: ToolContext, args: ReminderRequest) -> str:
-    if args.when <= datetime.now(UTC):
-        raise ToolError(f"`when` ({args.when.isoformat()}) is not in the future; give a later time")
-    # One reminder per tool call: a retried call finds its workflow (running or done)
+    # One reminder per tool call: a retried call finds its workflow (waiting or done)
     # under the same ID and starts no second one.
     reminder_id = f"reminder-{ctx.task_id}-{ctx.tool_use_id}"
+    client = activity.client()
+    if args.when <= datetime.now(UTC) and not await _workflow_exists(client, reminder_id):
+        raise ToolError(f"`when` ({args.when.isoformat()}) is not in the future; give a later time")
     with contextlib.suppress(WorkflowAlreadyStartedError):
-        await activity.client().start_workflow(
+        await client.start_workflow(
             ReminderWorkflow.run,
             ReminderInput(
                 user_id=ctx.user_id, remind_at=args.when, text=args.text, task_id=ctx.task_id
