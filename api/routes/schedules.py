@@ -97,15 +97,22 @@ async def _change(
         raise
 
 
-async def _describe(client: Client, row: Schedule) -> ScheduleDescription:
+async def _describe(client: Client, row: Schedule) -> ScheduleDescription | None:
+    """Temporal's description of the schedule; None if it is gone (deleted there by an
+    operator, say)."""
     try:
         return await client.get_schedule_handle(temporal_id(row)).describe()
     except RPCError as exc:
-        raise _refused(exc, row, cron_given=False) from exc
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 async def _view(client: Client, row: Schedule) -> ScheduleView:
-    return schedule_view(row, await _describe(client, row))
+    description = await _describe(client, row)
+    if description is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {row.id}")
+    return schedule_view(row, description)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleView)
@@ -163,8 +170,15 @@ async def list_schedules(
         cursor,
         limit,
     )
-    views = await asyncio.gather(*(_view(client, row) for row in page))
-    return SchedulePage(items=list(views), next_cursor=next_cursor)
+    descriptions = await asyncio.gather(*(_describe(client, row) for row in page))
+    return SchedulePage(
+        items=[
+            schedule_view(row, description)
+            for row, description in zip(page, descriptions, strict=True)
+            if description is not None
+        ],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/{schedule_id}", response_model=ScheduleView)
