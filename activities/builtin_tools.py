@@ -185,6 +185,12 @@ async def recall(ctx: ToolContext, args: RecallQuery) -> str:
     )
 
 
+NotificationBody = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=NOTIFICATION_BODY_MAX_CHARS),
+]
+
+
 class NotificationMessage(BaseModel):
     title: Annotated[
         str,
@@ -192,12 +198,7 @@ class NotificationMessage(BaseModel):
             strip_whitespace=True, min_length=1, max_length=NOTIFICATION_TITLE_MAX_CHARS
         ),
     ] = Field(description="A short headline, e.g. 'Your report is ready'.")
-    body: Annotated[
-        str,
-        StringConstraints(
-            strip_whitespace=True, min_length=1, max_length=NOTIFICATION_BODY_MAX_CHARS
-        ),
-    ] = Field(description="The message itself.")
+    body: NotificationBody = Field(description="The message itself.")
 
 
 async def send_notification(ctx: ToolContext, args: NotificationMessage) -> str:
@@ -220,12 +221,7 @@ class ReminderRequest(BaseModel):
         description="When to remind: a future ISO 8601 time with its UTC offset, "
         "e.g. '2026-12-01T09:00:00+01:00' (get_current_time tells the user's timezone)."
     )
-    text: Annotated[
-        str,
-        StringConstraints(
-            strip_whitespace=True, min_length=1, max_length=NOTIFICATION_BODY_MAX_CHARS
-        ),
-    ] = Field(description="What to remind the user of.")
+    text: NotificationBody = Field(description="What to remind the user of.")
 
 
 async def _workflow_exists(client: Client, workflow_id: str) -> bool:

@@ -40,15 +40,13 @@ router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 RESOURCE = "schedule"
 
 
-async def _owned(session: AsyncSession, schedule_id: str, user: User) -> Schedule:
-    """The caller's schedule, locked for this change; another user's answers 404."""
-    row = (
-        await session.exec(
-            select(Schedule)
-            .where(Schedule.id == schedule_id, Schedule.user_id == user.id)
-            .with_for_update()
-        )
-    ).first()
+async def _owned(
+    session: AsyncSession, schedule_id: str, user: User, lock: bool = True
+) -> Schedule:
+    """The caller's schedule, locked for a change unless `lock` is false; another user's
+    answers 404."""
+    statement = select(Schedule).where(Schedule.id == schedule_id, Schedule.user_id == user.id)
+    row = (await session.exec(statement.with_for_update() if lock else statement)).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id}")
     return row
@@ -186,14 +184,7 @@ async def get_schedule(
     schedule_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
 ) -> ScheduleView:
     """One schedule: its definition, whether it is paused, its next runs and run counts."""
-    row = (
-        await session.exec(
-            select(Schedule).where(Schedule.id == schedule_id, Schedule.user_id == user.id)
-        )
-    ).first()
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id}")
-    return await _view(client, row)
+    return await _view(client, await _owned(session, schedule_id, user, lock=False))
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleView)
@@ -260,6 +251,21 @@ async def _delete(handle: ScheduleHandle) -> None:
             raise
 
 
+async def _act(
+    session: AsyncSession,
+    client: Client,
+    schedule_id: str,
+    user: User,
+    action: str,
+    call: Callable[[ScheduleHandle], Awaitable[object]],
+) -> ScheduleView:
+    """`call` on the caller's schedule in Temporal, audited as `action`."""
+    row = await _owned(session, schedule_id, user)
+    handle = client.get_schedule_handle(temporal_id(row))
+    await _change(session, row, action, lambda: call(handle))
+    return await _view(client, row)
+
+
 @router.post(
     "/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED, response_model=ScheduleView
 )
@@ -268,10 +274,7 @@ async def trigger_schedule(
 ) -> ScheduleView:
     """Run the schedule's task now (skipped, like any firing, while a run is still going);
     its result arrives in your notifications."""
-    row = await _owned(session, schedule_id, user)
-    handle = client.get_schedule_handle(temporal_id(row))
-    await _change(session, row, "trigger", handle.trigger)
-    return await _view(client, row)
+    return await _act(session, client, schedule_id, user, "trigger", ScheduleHandle.trigger)
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleView)
@@ -279,10 +282,8 @@ async def pause_schedule(
     schedule_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
 ) -> ScheduleView:
     """Stop the schedule firing until it is resumed."""
-    row = await _owned(session, schedule_id, user)
-    handle = client.get_schedule_handle(temporal_id(row))
-    await _change(session, row, "pause", lambda: handle.pause(note=f"paused by {user.name}"))
-    return await _view(client, row)
+    note = f"paused by {user.name}"
+    return await _act(session, client, schedule_id, user, "pause", lambda h: h.pause(note=note))
 
 
 @router.post("/{schedule_id}/resume", response_model=ScheduleView)
@@ -290,7 +291,5 @@ async def resume_schedule(
     schedule_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
 ) -> ScheduleView:
     """Let a paused schedule fire again, from its next time on."""
-    row = await _owned(session, schedule_id, user)
-    handle = client.get_schedule_handle(temporal_id(row))
-    await _change(session, row, "resume", lambda: handle.unpause(note=f"resumed by {user.name}"))
-    return await _view(client, row)
+    note = f"resumed by {user.name}"
+    return await _act(session, client, schedule_id, user, "resume", lambda h: h.unpause(note=note))
