@@ -16,6 +16,7 @@ from temporalio.client import (
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
+from core.settings import Settings
 from schemas import search_attributes
 from schemas.schedules import ScheduledRunInput, ScheduleView, parse_every
 from schemas.tables import Schedule as ScheduleRow
@@ -33,10 +34,10 @@ def owner_attributes(user_id: str) -> TypedSearchAttributes:
     return TypedSearchAttributes([SearchAttributePair(search_attributes.USER_ID, user_id)])
 
 
-def temporal_schedule(row: ScheduleRow, task_queue: str, state: ScheduleState) -> Schedule:
+def temporal_schedule(row: ScheduleRow, settings: Settings, state: ScheduleState) -> Schedule:
     """What Temporal runs for this definition: a `ScheduledRunWorkflow` per firing, never
     two at once (a firing while the previous run is going, or waiting for an approval,
-    is skipped)."""
+    is skipped), and none later than the catch-up window after its time."""
     spec = ScheduleSpec(
         cron_expressions=[row.cron] if row.cron else [],
         intervals=[ScheduleIntervalSpec(every=parse_every(row.every))] if row.every else [],
@@ -48,7 +49,7 @@ def temporal_schedule(row: ScheduleRow, task_queue: str, state: ScheduleState) -
             schedule_id=row.id, user_id=row.user_id, prompt=row.prompt, agent=row.agent
         ),
         id=f"scheduled-run-{row.id}",
-        task_queue=task_queue,
+        task_queue=settings.task_queue,
         typed_search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(search_attributes.USER_ID, row.user_id),
@@ -61,7 +62,9 @@ def temporal_schedule(row: ScheduleRow, task_queue: str, state: ScheduleState) -
     return Schedule(
         action=action,
         spec=spec,
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=settings.schedule_catchup_window
+        ),
         state=state,
     )
 

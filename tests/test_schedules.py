@@ -16,7 +16,12 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -103,7 +108,9 @@ async def test_schedule_shows_next_runs_in_its_timezone_and_follows_every_change
     assert [item["id"] for item in listed] == [schedule_id]
     temporal = temporal_client.get_schedule_handle(f"schedule-{alice.id}-{schedule_id}")
     described = await temporal.describe()
-    assert described.search_attributes[search_attributes.USER_ID.name] == [alice.id]
+    assert described.typed_search_attributes.get(search_attributes.USER_ID) == alice.id
+    assert described.schedule.policy.overlap is ScheduleOverlapPolicy.SKIP
+    assert described.schedule.policy.catchup_window == timedelta(hours=1)
 
     paused = await api.post(f"/v1/schedules/{schedule_id}/pause", headers=alice.headers)
     assert paused.status_code == 200 and paused.json()["paused"] is True
@@ -134,7 +141,13 @@ async def test_schedule_shows_next_runs_in_its_timezone_and_follows_every_change
         timedelta(hours=2)
     }
     action = (await temporal.describe()).schedule.action
-    assert "Check the weather" in str(action.args)  # type: ignore[attr-defined]
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    assert "Check the weather" in str(action.args)
+    paused_by_patch = await api.patch(
+        f"/v1/schedules/{schedule_id}", json={"paused": True}, headers=alice.headers
+    )
+    assert paused_by_patch.json()["paused"] is True
+    assert (paused_by_patch.json()["every"], paused_by_patch.json()["next_runs"]) == ("2h", [])
 
     deleted = await api.delete(f"/v1/schedules/{schedule_id}", headers=alice.headers)
     assert deleted.status_code == 204
@@ -147,7 +160,7 @@ async def test_schedule_shows_next_runs_in_its_timezone_and_follows_every_change
 
     assert await audit_actions(sessions, alice) == [
         (f"schedule.{action}", schedule_id)
-        for action in ("create", "pause", "resume", "update", "update", "delete")
+        for action in ("create", "pause", "resume", "update", "update", "update", "delete")
     ]
 
 
@@ -252,8 +265,9 @@ async def test_triggered_schedule_runs_its_task_and_the_result_lands_in_the_inbo
     description = await temporal_client.get_schedule_handle(
         f"schedule-{alice.id}-{created['id']}"
     ).describe()
-    run_id = description.info.recent_actions[-1].action.workflow_id  # type: ignore[attr-defined]
-    run = temporal_client.get_workflow_handle_for(ScheduledRunWorkflow.run, run_id)
+    started = description.info.recent_actions[-1].action
+    assert isinstance(started, ScheduleActionExecutionStartWorkflow)
+    run = temporal_client.get_workflow_handle_for(ScheduledRunWorkflow.run, started.workflow_id)
     assert (await run.result()).task_id == task["id"]
     await assert_replays(run)
     await assert_replays(child)

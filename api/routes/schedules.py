@@ -52,17 +52,17 @@ async def _owned(
     return row
 
 
-def _refused(exc: RPCError, row: Schedule, cron_given: bool) -> Exception:
+def _refused(exc: RPCError, row: Schedule, cron_given: bool) -> HTTPException | None:
     """What a Temporal refusal means to the caller: a cron expression Temporal cannot read
-    is the caller's 422; a schedule gone from Temporal is 404; anything else stays an
-    RPCError (503)."""
+    is the caller's 422; a schedule gone from Temporal is 404; None for anything else,
+    which stays an RPCError (503)."""
     if exc.status is RPCStatusCode.INVALID_ARGUMENT and cron_given:
         return HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"cron: {row.cron!r} is invalid: {exc.message}"
         )
     if exc.status is RPCStatusCode.NOT_FOUND:
         return HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {row.id}")
-    return exc
+    return None
 
 
 TemporalCall = Callable[[], Awaitable[object]]
@@ -86,6 +86,8 @@ async def _change(
     except RPCError as exc:
         refusal = _refused(exc, row, cron_given)  # before the rollback expires `row`
         await session.rollback()
+        if refusal is None:
+            raise
         raise refusal from exc
     try:
         await session.commit()
@@ -141,7 +143,7 @@ async def create_schedule(
         "create",
         lambda: client.create_schedule(
             temporal_id(row),
-            temporal_schedule(row, settings.task_queue, ScheduleState(paused=body.paused)),
+            temporal_schedule(row, settings, ScheduleState(paused=body.paused)),
             search_attributes=owner_attributes(user.id),
         ),
         cron_given=body.cron is not None,
@@ -216,7 +218,7 @@ async def update_schedule(
         state = current.description.schedule.state
         if body.paused is not None:
             state.paused = body.paused
-        return ScheduleUpdate(schedule=temporal_schedule(row, settings.task_queue, state))
+        return ScheduleUpdate(schedule=temporal_schedule(row, settings, state))
 
     handle = client.get_schedule_handle(temporal_id(row))
     await _change(
