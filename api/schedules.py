@@ -2,6 +2,7 @@
 view the API answers with (state and next runs from Temporal, the definition from
 Postgres)."""
 
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from temporalio.client import (
@@ -63,7 +64,8 @@ def temporal_schedule(row: ScheduleRow, settings: Settings, state: ScheduleState
         action=action,
         spec=spec,
         policy=SchedulePolicy(
-            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=settings.schedule_catchup_window
+            overlap=ScheduleOverlapPolicy.SKIP,
+            catchup_window=timedelta(seconds=settings.schedule_catchup_window_seconds),
         ),
         state=state,
     )

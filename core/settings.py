@@ -1,6 +1,5 @@
 """One settings object for every Keel process, read from `KEEL_*` environment variables."""
 
-from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,9 +31,9 @@ class Settings(BaseSettings):
     default_max_steps: int = Field(default=20, ge=1)
     default_max_tokens: int = Field(default=200_000, ge=1)
     llm_max_output_tokens: int = Field(default=4096, ge=1)
-    schedule_catchup_window: timedelta = Field(
-        default=timedelta(hours=1),
-        ge=timedelta(seconds=10),
+    schedule_catchup_window_seconds: int = Field(
+        default=3600,
+        ge=10,
         description="How late a schedule's firing, missed while Temporal was down, still runs.",
     )
 
