@@ -279,6 +279,7 @@ def builtin_registry() -> ToolRegistry:
             args_model=NoArguments,
             handler=get_current_time,
             timeout_seconds=10,
+            local=True,
         ),
         Tool(
             name="notes_list",
@@ -286,6 +287,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NoArguments,
             handler=notes_list,
+            local=True,
         ),
         Tool(
             name="notes_read",
@@ -293,6 +295,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NotePath,
             handler=notes_read,
+            local=True,
         ),
         Tool(
             name="notes_write",
@@ -300,6 +303,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NoteWrite,
             handler=notes_write,
+            local=True,
         ),
         Tool(
             name="notes_delete",
@@ -307,6 +311,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.CONFIRM,
             args_model=NotePath,
             handler=notes_delete,
+            local=True,
         ),
         Tool(
             name="remember",
@@ -317,6 +322,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=MemoryContent,
             handler=remember,
+            local=True,
         ),
         Tool(
             name="recall",
@@ -327,6 +333,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=RecallQuery,
             handler=recall,
+            local=True,
         ),
         Tool(
             name="http_fetch",
@@ -351,6 +358,7 @@ def builtin_registry() -> ToolRegistry:
             args_model=PlanUpdate,
             handler=update_plan,
             timeout_seconds=10,
+            local=True,
         ),
         Tool(
             name="ask_user",
