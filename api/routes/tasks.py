@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -16,7 +16,7 @@ from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavail
 from api.events import event_stream
 from api.paging import newest_first
 from api.progress import live_progress
-from core.agents import UnknownAgent
+from core.agents import AgentCatalog, UnknownAgent
 from core.records import insert_task_row
 from schemas import search_attributes
 from schemas.agent_task import (
@@ -75,6 +75,7 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
         channel=task.channel,
         prompt=task.prompt,
         created_at=task.created_at,
+        start_at=task.start_at,
         steps=progress.steps,
         plan=progress.plan,
         pending_approvals=progress.pending_approvals,
@@ -86,6 +87,18 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
     )
 
 
+def require_agent(agents: AgentCatalog, name: str) -> None:
+    """422 naming `agent` unless `name` is one of the agent profiles."""
+    try:
+        agents.get(name)
+    except UnknownAgent:
+        names = ", ".join(profile.name for profile in agents.all())
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"agent: unknown agent {name!r}; known agents: {names}",
+        ) from None
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskCreated)
 async def create_task(
     body: CreateTaskRequest,
@@ -95,15 +108,8 @@ async def create_task(
     settings: AppSettings,
     agents: Agents,
 ) -> TaskCreated:
-    """Start an agent task; follow it with GET /v1/tasks/{id}."""
-    try:
-        agents.get(body.agent)
-    except UnknownAgent:
-        names = ", ".join(profile.name for profile in agents.all())
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"agent: unknown agent {body.agent!r}; known agents: {names}",
-        ) from None
+    """Start an agent task (at `start_at`, if given); follow it with GET /v1/tasks/{id}."""
+    require_agent(agents, body.agent)
     task = StartAgentTaskInput(
         task_id=str(uuid4()),
         user_id=user.id,
@@ -113,7 +119,9 @@ async def create_task(
         max_steps=body.max_steps,
         max_tokens=body.max_tokens,
         notify=body.notify,
+        start_at=body.start_at,
     )
+    initial = TaskStatus.SCHEDULED if body.start_at is not None else TaskStatus.RUNNING
     # The row first, so the task is listed and owned the moment it exists; removed again
     # if Temporal refuses the start, so nothing half-written is left behind.
     await insert_task_row(session, task)
@@ -129,16 +137,17 @@ async def create_task(
                     SearchAttributePair(search_attributes.USER_ID, user.id),
                     SearchAttributePair(search_attributes.CHANNEL, task.channel),
                     SearchAttributePair(search_attributes.AGENT, task.agent),
-                    SearchAttributePair(search_attributes.PHASE, TaskStatus.RUNNING.value),
+                    SearchAttributePair(search_attributes.PHASE, initial.value),
                 ]
             ),
             static_summary=f"{user.name}: {body.prompt[:80]}",
+            priority=Priority(priority_key=body.priority) if body.priority else Priority.default,
         )
     except RPCError as exc:
         await session.exec(delete(Task).where(col(Task.id) == task.task_id))
         await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
-    return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
+    return TaskCreated(id=task.task_id, status=initial)
 
 
 async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
@@ -155,7 +164,7 @@ async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
 async def get_task(task_id: str, user: CurrentUser, session: DbSession) -> TaskView:
     """A task's status, steps, plan, usage and result; another user's task answers 404."""
     task = await owned_task(session, task_id, user)
-    if task.status in TERMINAL_STATUSES:
+    if task.status in TERMINAL_STATUSES or task.status == TaskStatus.SCHEDULED:
         return _view(task)
     return _view(task, await live_progress(session, task))
 
