@@ -1,21 +1,30 @@
 """Keel's built-in tools."""
 
-from datetime import datetime
+import contextlib
+from datetime import UTC, datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.http_fetch import MAX_TEXT_CHARS, HttpFetcher
 from activities.notify import AGENT_MESSAGE, write_notification
 from activities.tool_registry import Handler, Tool, ToolContext, ToolError, ToolRegistry
 from core.db import session_scope
 from core.records import find_memories
+from schemas import search_attributes
 from schemas.agent_task import NotificationInput, PlanUpdate, ToolPolicy
+from schemas.schedules import ReminderInput
 from schemas.tables import Memory, Note, Task, User, utcnow
+from workflows.reminder import ReminderWorkflow
 
 NOTE_PATH_PATTERN = r"^[A-Za-z0-9_\-./ ]{1,200}$"
 NOTE_MAX_CHARS = 100_000
@@ -176,6 +185,12 @@ async def recall(ctx: ToolContext, args: RecallQuery) -> str:
     )
 
 
+NotificationBody = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=NOTIFICATION_BODY_MAX_CHARS),
+]
+
+
 class NotificationMessage(BaseModel):
     title: Annotated[
         str,
@@ -183,12 +198,7 @@ class NotificationMessage(BaseModel):
             strip_whitespace=True, min_length=1, max_length=NOTIFICATION_TITLE_MAX_CHARS
         ),
     ] = Field(description="A short headline, e.g. 'Your report is ready'.")
-    body: Annotated[
-        str,
-        StringConstraints(
-            strip_whitespace=True, min_length=1, max_length=NOTIFICATION_BODY_MAX_CHARS
-        ),
-    ] = Field(description="The message itself.")
+    body: NotificationBody = Field(description="The message itself.")
 
 
 async def send_notification(ctx: ToolContext, args: NotificationMessage) -> str:
@@ -204,6 +214,48 @@ async def send_notification(ctx: ToolContext, args: NotificationMessage) -> str:
     async with session_scope(ctx.sessions) as session:
         await write_notification(session, note)
     return f"notification sent: {_preview(args.title)}"
+
+
+class ReminderRequest(BaseModel):
+    when: AwareDatetime = Field(
+        description="When to remind: a future ISO 8601 time with its UTC offset, "
+        "e.g. '2026-12-01T09:00:00+01:00' (get_current_time tells the user's timezone)."
+    )
+    text: NotificationBody = Field(description="What to remind the user of.")
+
+
+async def _workflow_exists(client: Client, workflow_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def schedule_reminder(ctx: ToolContext, args: ReminderRequest) -> str:
+    # One reminder per tool call: a retried call finds its workflow (waiting or done)
+    # under the same ID and starts no second one.
+    reminder_id = f"reminder-{ctx.task_id}-{ctx.tool_use_id}"
+    client = activity.client()
+    if args.when <= datetime.now(UTC) and not await _workflow_exists(client, reminder_id):
+        raise ToolError(f"`when` ({args.when.isoformat()}) is not in the future; give a later time")
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            ReminderWorkflow.run,
+            ReminderInput(
+                user_id=ctx.user_id, remind_at=args.when, text=args.text, task_id=ctx.task_id
+            ),
+            id=reminder_id,
+            task_queue=activity.info().task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(search_attributes.USER_ID, ctx.user_id)]
+            ),
+            static_summary=f"remind at {args.when.isoformat()}: {_preview(args.text, 60)}",
+        )
+    return f"reminder set for {args.when.isoformat()}: {_preview(args.text)}"
 
 
 def http_fetch_handler(fetcher: HttpFetcher) -> Handler:
@@ -327,6 +379,17 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NotificationMessage,
             handler=send_notification,
+            timeout_seconds=10,
+        ),
+        Tool(
+            name="schedule_reminder",
+            description=(
+                "Remind the user of something at a future time: the text arrives as a "
+                "notification then. Needs the user's approval."
+            ),
+            policy=ToolPolicy.CONFIRM,
+            args_model=ReminderRequest,
+            handler=schedule_reminder,
             timeout_seconds=10,
         ),
     ):

@@ -28,6 +28,7 @@ from schemas.agent_task import (
     StartAgentTaskInput,
     TaskPlan,
     TaskProgress,
+    TaskStatus,
 )
 from schemas.tables import Approval, Message, Task, TaskEvent, ToolPreference, User, utcnow
 from schemas.tool_preferences import effective_policy
@@ -82,6 +83,12 @@ class StoreActivities:
             if user is None:
                 raise ValueError(f"user {task.user_id} does not exist")
             await insert_task_row(session, task)
+            # A task that waited for its `start_at` is running from now on.
+            await session.exec(
+                update(Task)
+                .where(col(Task.id) == task.task_id, col(Task.status) == TaskStatus.SCHEDULED)
+                .values(status=TaskStatus.RUNNING.value, updated_at=utcnow())
+            )
             prompt = [{"type": "text", "text": task.prompt}]
             if await write_message(session, task.task_id, PROMPT_SEQ, "user", prompt):
                 events.add_event(session, task.task_id, events.TASK_STARTED, agent=task.agent)

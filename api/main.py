@@ -11,7 +11,7 @@ from temporalio.service import RPCError
 
 from activities.builtin_tools import builtin_registry
 from api.deps import ServiceUnavailable, TemporalConnection
-from api.routes import approvals, catalog, health, me, notifications, tasks
+from api.routes import approvals, catalog, health, me, notifications, schedules, tasks
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
 from core.settings import Settings
@@ -47,6 +47,7 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(me.router)
     app.include_router(notifications.router)
+    app.include_router(schedules.router)
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(OperationalError)

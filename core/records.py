@@ -47,8 +47,10 @@ async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
 
 async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> None:
     """Create the task's projection row unless it exists: the API writes it before the
-    workflow starts, while a task started by a schedule is first written by its workflow."""
+    workflow starts, while a task started by a schedule is first written by its workflow.
+    A task with a `start_at` is `scheduled` until its workflow begins it."""
     now = utcnow()
+    status = TaskStatus.SCHEDULED if task.start_at is not None else TaskStatus.RUNNING
     statement = (
         insert(Task)
         .values(
@@ -57,11 +59,12 @@ async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> N
             agent=task.agent,
             channel=task.channel,
             prompt=task.prompt,
-            status=TaskStatus.RUNNING.value,
+            status=status.value,
             usage={},
             steps=[],
             created_at=now,
             updated_at=now,
+            start_at=task.start_at,
         )
         .on_conflict_do_nothing()
     )

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     default_max_steps: int = Field(default=20, ge=1)
     default_max_tokens: int = Field(default=200_000, ge=1)
     llm_max_output_tokens: int = Field(default=4096, ge=1)
+    schedule_catchup_window_seconds: int = Field(
+        default=3600,
+        ge=10,
+        description="How late a schedule's firing, missed while Temporal was down, still runs.",
+    )
     telegram_bot_token: SecretStr | None = Field(
         default=None, description="The bot's token from @BotFather; unset: no Telegram."
     )

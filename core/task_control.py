@@ -6,7 +6,7 @@ from typing import Any
 from sqlmodel import col, delete
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -43,11 +43,18 @@ _MISSING = {"ApprovalNotFound", "QuestionNotFound"}
 
 
 async def start_task(
-    session: AsyncSession, client: Client, task: StartAgentTaskInput, task_queue: str, summary: str
-) -> None:
-    """Record the task's row, then start its workflow. The row comes first, so the task is
-    listed and owned the moment it exists; it is removed again if Temporal refuses the
-    start (the RPCError is re-raised), so nothing half-written is left behind."""
+    session: AsyncSession,
+    client: Client,
+    task: StartAgentTaskInput,
+    task_queue: str,
+    summary: str,
+    priority: Priority = Priority.default,
+) -> TaskStatus:
+    """Record the task's row, then start its workflow; returns its first status (`running`,
+    or `scheduled` until its `start_at`). The row comes first, so the task is listed and
+    owned the moment it exists; it is removed again if Temporal refuses the start (the
+    RPCError is re-raised), so nothing half-written is left behind."""
+    initial = TaskStatus.SCHEDULED if task.start_at is not None else TaskStatus.RUNNING
     await insert_task_row(session, task)
     await session.commit()
     try:
@@ -61,15 +68,17 @@ async def start_task(
                     SearchAttributePair(search_attributes.USER_ID, task.user_id),
                     SearchAttributePair(search_attributes.CHANNEL, task.channel),
                     SearchAttributePair(search_attributes.AGENT, task.agent),
-                    SearchAttributePair(search_attributes.PHASE, TaskStatus.RUNNING.value),
+                    SearchAttributePair(search_attributes.PHASE, initial.value),
                 ]
             ),
             static_summary=summary,
+            priority=priority,
         )
     except RPCError:
         await session.exec(delete(Task).where(col(Task.id) == task.task_id))
         await session.commit()
         raise
+    return initial
 
 
 async def _send_update(client: Client, task_id: str, update: Any, argument: Any) -> Any:

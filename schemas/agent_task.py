@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 
 class TaskStatus(StrEnum):
+    SCHEDULED = "scheduled"
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_ANSWER = "awaiting_answer"
@@ -65,6 +66,9 @@ class StartAgentTaskInput(BaseModel):
     max_tokens: int | None = None
     notify: bool = Field(
         default=False, description="Notify the user when it ends, even if started interactively."
+    )
+    start_at: datetime | None = Field(
+        default=None, description="Wait durably until then before the first step."
     )
 
 

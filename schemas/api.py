@@ -1,9 +1,9 @@
 """REST request and response bodies."""
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator
 
 from schemas.agent_task import (
     ApprovalStatus,
@@ -20,19 +20,38 @@ from schemas.tool_preferences import ToolPreferenceValue
 PROMPT_MAX_CHARS = 100_000
 
 
+def _not_blank(prompt: str) -> str:
+    if not prompt.strip():
+        raise ValueError("prompt must contain some text")
+    return prompt
+
+
+Prompt = Annotated[
+    str, Field(min_length=1, max_length=PROMPT_MAX_CHARS), AfterValidator(_not_blank)
+]
+
+
 class CreateTaskRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
+    prompt: Prompt
     agent: str = "assistant"
     max_steps: int | None = Field(default=None, ge=1, le=200)
     max_tokens: int | None = Field(default=None, ge=1)
     notify: bool = Field(default=False, description="Notify me (inbox) when the task ends.")
+    start_at: AwareDatetime | None = Field(
+        default=None,
+        description="Start then rather than now: a future time with its UTC offset, e.g. "
+        "`2026-12-01T09:00:00+01:00`. Until then the task is `scheduled`.",
+    )
+    priority: int | None = Field(
+        default=None, ge=1, le=5, description="1 (highest) to 5 (lowest); unset: 3."
+    )
 
-    @field_validator("prompt")
+    @field_validator("start_at")
     @classmethod
-    def prompt_not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("prompt must contain some text")
-        return prompt
+    def start_at_in_future(cls, start_at: datetime | None) -> datetime | None:
+        if start_at is not None and start_at <= datetime.now(UTC):
+            raise ValueError("start_at must be in the future")
+        return start_at
 
 
 class TaskCreated(BaseModel):
@@ -52,6 +71,7 @@ class TaskView(BaseModel):
     channel: str
     prompt: str
     created_at: datetime
+    start_at: datetime | None = Field(description="When a `scheduled` task starts.")
     steps: list[Step]
     plan: list[PlanItem]
     pending_approvals: list[ApprovalView]

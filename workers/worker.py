@@ -23,6 +23,8 @@ from core.db import create_engine, session_factory
 from core.settings import Settings
 from core.temporal import connect_temporal
 from workflows.agent_task import AgentTaskWorkflow
+from workflows.reminder import ReminderWorkflow
+from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.telegram_delivery import TelegramDeliveryWorkflow
 
 log = structlog.get_logger(__name__)
@@ -69,7 +71,7 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        workflows=[AgentTaskWorkflow, *telegram_workflows],
+        workflows=[AgentTaskWorkflow, ScheduledRunWorkflow, ReminderWorkflow, *telegram_workflows],
         activities=[
             store.begin_task,
             store.record_tool_result,

@@ -1,7 +1,7 @@
 """AgentTaskWorkflow: one multi-step agent task, from prompt to final answer."""
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from temporalio import workflow
@@ -137,6 +137,8 @@ class AgentTaskWorkflow:
         self._progress = TaskProgress(
             task_id=task.task_id, status=TaskStatus.RUNNING, phase="running"
         )
+        if task.start_at is not None:
+            await self._wait_until(task.start_at)
         plan = await workflow.execute_activity_method(
             StoreActivities.begin_task,
             task,
@@ -168,6 +170,24 @@ class AgentTaskWorkflow:
             usage=self._progress.usage,
             error=self._progress.error,
         )
+
+    async def _wait_until(self, start_at: datetime) -> None:
+        """Wait durably until `start_at`, showing `scheduled`. Cancelled while waiting, the
+        task ends `cancelled` without a step taken."""
+        assert self._progress is not None
+        delay = start_at - workflow.now()
+        if delay <= timedelta(0):
+            return
+        self._progress.status = TaskStatus.SCHEDULED
+        self._progress.phase = TaskStatus.SCHEDULED.value
+        workflow.upsert_search_attributes([PHASE.value_set(TaskStatus.SCHEDULED.value)])
+        try:
+            await workflow.sleep(delay, summary=f"wait until {start_at.isoformat()}")
+        except asyncio.CancelledError:
+            self._end(TaskStatus.CANCELLED, "cancelled")
+            await self._record_end()
+            raise
+        self._refresh_phase()
 
     async def _record_end(self) -> None:
         assert self._progress is not None

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.common import Priority
 from temporalio.service import RPCError
 
 from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
 from api.events import event_stream
 from api.paging import newest_first
 from api.progress import live_progress
-from core.agents import UnknownAgent
+from core.agents import AgentCatalog, UnknownAgent
 from core.task_control import TaskUpdateRefused, start_task
 from core.task_control import answer_question as answer_question_update
 from core.task_control import cancel_task as cancel_task_workflow
@@ -70,6 +71,7 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
         channel=task.channel,
         prompt=task.prompt,
         created_at=task.created_at,
+        start_at=task.start_at,
         steps=progress.steps,
         plan=progress.plan,
         pending_approvals=progress.pending_approvals,
@@ -81,6 +83,18 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
     )
 
 
+def require_agent(agents: AgentCatalog, name: str) -> None:
+    """422 naming `agent` unless `name` is one of the agent profiles."""
+    try:
+        agents.get(name)
+    except UnknownAgent:
+        names = ", ".join(profile.name for profile in agents.all())
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"agent: unknown agent {name!r}; known agents: {names}",
+        ) from None
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskCreated)
 async def create_task(
     body: CreateTaskRequest,
@@ -90,15 +104,8 @@ async def create_task(
     settings: AppSettings,
     agents: Agents,
 ) -> TaskCreated:
-    """Start an agent task; follow it with GET /v1/tasks/{id}."""
-    try:
-        agents.get(body.agent)
-    except UnknownAgent:
-        names = ", ".join(profile.name for profile in agents.all())
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"agent: unknown agent {body.agent!r}; known agents: {names}",
-        ) from None
+    """Start an agent task (at `start_at`, if given); follow it with GET /v1/tasks/{id}."""
+    require_agent(agents, body.agent)
     task = StartAgentTaskInput(
         task_id=str(uuid4()),
         user_id=user.id,
@@ -108,14 +115,21 @@ async def create_task(
         max_steps=body.max_steps,
         max_tokens=body.max_tokens,
         notify=body.notify,
+        start_at=body.start_at,
     )
+    priority = Priority(priority_key=body.priority) if body.priority else Priority.default
     try:
-        await start_task(
-            session, client, task, settings.task_queue, f"{user.name}: {body.prompt[:80]}"
+        initial = await start_task(
+            session,
+            client,
+            task,
+            settings.task_queue,
+            f"{user.name}: {body.prompt[:80]}",
+            priority=priority,
         )
     except RPCError as exc:
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
-    return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
+    return TaskCreated(id=task.task_id, status=initial)
 
 
 async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
@@ -132,7 +146,7 @@ async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
 async def get_task(task_id: str, user: CurrentUser, session: DbSession) -> TaskView:
     """A task's status, steps, plan, usage and result; another user's task answers 404."""
     task = await owned_task(session, task_id, user)
-    if task.status in TERMINAL_STATUSES:
+    if task.status in TERMINAL_STATUSES or task.status == TaskStatus.SCHEDULED:
         return _view(task)
     return _view(task, await live_progress(session, task))
 

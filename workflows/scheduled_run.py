@@ -1,0 +1,45 @@
+"""ScheduledRunWorkflow: one firing of a schedule, running its agent task to the end."""
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+
+with workflow.unsafe.imports_passed_through():
+    from schemas import search_attributes
+    from schemas.agent_task import StartAgentTaskInput, TaskStatus
+    from schemas.schedules import ScheduledRunInput, ScheduledRunResult
+
+from workflows.agent_task import AgentTaskWorkflow
+
+SCHEDULED_CHANNEL = "scheduled"
+
+
+@workflow.defn
+class ScheduledRunWorkflow:
+    @workflow.run
+    async def run(self, run: ScheduledRunInput) -> ScheduledRunResult:
+        """Start the schedule's task as a child and wait for it: while it runs (or waits
+        for an approval) this run is open, so the schedule's overlap policy skips the next
+        firing. The task notifies its user of the result, as every non-interactive task does."""
+        task = StartAgentTaskInput(
+            task_id=str(workflow.uuid4()),
+            user_id=run.user_id,
+            prompt=run.prompt,
+            agent=run.agent,
+            channel=SCHEDULED_CHANNEL,
+            notify=True,
+        )
+        result = await workflow.execute_child_workflow(
+            AgentTaskWorkflow.run,
+            task,
+            id=f"task-{task.task_id}",
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search_attributes.USER_ID, run.user_id),
+                    SearchAttributePair(search_attributes.CHANNEL, SCHEDULED_CHANNEL),
+                    SearchAttributePair(search_attributes.AGENT, run.agent),
+                    SearchAttributePair(search_attributes.PHASE, TaskStatus.RUNNING.value),
+                ]
+            ),
+            static_summary=f"schedule {run.schedule_id}: {run.prompt[:80]}",
+        )
+        return ScheduledRunResult(task_id=task.task_id, status=result.status)
