@@ -75,7 +75,8 @@ def telegram_delivery(
 ) -> TelegramDelivery:
     """The notification as a Telegram message: an approval with Approve / Reject buttons,
     a question to reply to, and the answer to a message sent from Telegram as it is."""
-    text = f"{note.title}\n\n{note.body}"
+    # A title that already says it all (a short reminder) is not repeated.
+    text = note.title if note.title.endswith(note.body) else f"{note.title}\n\n{note.body}"
     buttons: list[TelegramButton] = []
     if note.approval_id is not None:
         buttons = [

@@ -27,12 +27,14 @@ from activities.telegram import MESSAGE_LIMIT, split_message
 from core.db import session_scope
 from core.logging import configure_logging
 from core.settings import Settings
+from schemas.schedules import ReminderInput
 from schemas.tables import Approval, ChannelLinkCode, Note, Task, utcnow
 from tests.conftest import Account, MakeAccount, assert_replays, free_port, wait_for_status
 from tests.fake_anthropic import FakeAnthropic, ToolCall, hang, text, tool_use
 from tests.fake_telegram import FakeTelegram
 from tests.test_dev_stack import DevStack, stack  # noqa: F401 (the `keel dev` fixture)
 from workers.telegram import run_telegram
+from workflows.reminder import ReminderWorkflow
 
 TOKEN = "123456789:AAFakeTokenForKeelTests_abcdefghijk"
 
@@ -401,6 +403,28 @@ async def test_notifications_of_other_tasks_reach_the_linked_chat(
     assert created.status_code == 202
     note = await fake_telegram.wait_for_message(chat, "The report is ready.")
     assert note["text"] == "Task completed: weekly report\n\nThe report is ready."
+
+
+async def test_a_reminder_arrives_in_the_linked_chat(
+    api: httpx.AsyncClient,
+    bot: None,
+    worker: Worker,
+    fake_telegram: FakeTelegram,
+    temporal_client: Client,
+    make_account: MakeAccount,
+) -> None:
+    ann = await make_account()
+    chat = new_chat()
+    await link(api, fake_telegram, ann, chat)
+    reminder = await temporal_client.start_workflow(
+        ReminderWorkflow.run,
+        ReminderInput(user_id=ann.id, remind_at=utcnow(), text="water the plants"),
+        id=f"reminder-{uuid.uuid4()}",
+        task_queue=worker.task_queue,
+    )
+    note = await fake_telegram.wait_for_message(chat, "water the plants")
+    assert note["text"] == "Reminder: water the plants"
+    await assert_replays(reminder)
 
 
 async def test_the_token_never_reaches_the_logs(
