@@ -37,7 +37,7 @@ from telegram.ext import (
     TypeHandler,
     filters,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from activities import events
@@ -297,7 +297,7 @@ class KeelBot:
             await asyncio.sleep(TYPING_REFRESH.total_seconds())
             try:
                 progress = await handle.query(AgentTaskWorkflow.progress)
-            except RPCError:
+            except (RPCError, WorkflowQueryFailedError):
                 continue  # not begun yet (queued behind an earlier turn): keep waiting
             if progress.status is not TaskStatus.RUNNING:
                 return
