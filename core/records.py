@@ -45,9 +45,12 @@ async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
     return (await session.exec(statement)).first()
 
 
-async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> None:
+async def insert_task_row(
+    session: AsyncSession, task: StartAgentTaskInput, status: TaskStatus = TaskStatus.RUNNING
+) -> None:
     """Create the task's projection row unless it exists: the API writes it before the
-    workflow starts, while a task started by a schedule is first written by its workflow."""
+    workflow starts, while a task started by a schedule is first written by its workflow. A
+    session's message is written `queued`, and moves to `running` when its task begins."""
     now = utcnow()
     statement = (
         insert(Task)
@@ -57,13 +60,17 @@ async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> N
             agent=task.agent,
             channel=task.channel,
             prompt=task.prompt,
-            status=TaskStatus.RUNNING.value,
+            status=status.value,
             usage={},
             steps=[],
             created_at=now,
             updated_at=now,
         )
-        .on_conflict_do_nothing()
+        .on_conflict_do_update(
+            index_elements=["id"],
+            set_={"status": status.value, "updated_at": now},
+            where=col(Task.status) == TaskStatus.QUEUED.value,
+        )
     )
     await session.exec(statement)
 

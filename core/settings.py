@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     default_max_steps: int = Field(default=20, ge=1)
     default_max_tokens: int = Field(default=200_000, ge=1)
     llm_max_output_tokens: int = Field(default=4096, ge=1)
+    default_context_tokens: int = Field(default=32_000, ge=256)
+    session_idle_seconds: float = Field(default=3600.0, gt=0)
 
     @property
     def embedded_pg_dir(self) -> Path:

@@ -30,6 +30,7 @@ from tests.fake_anthropic import FakeAnthropic
 from workers.dev import TemporalDevServer
 from workers.worker import build_worker
 from workflows.agent_task import AgentTaskWorkflow
+from workflows.session import SessionWorkflow
 
 
 def free_port() -> int:
@@ -180,7 +181,9 @@ async def wait_until_finished(api: httpx.AsyncClient, task_id: str, headers: dic
 
 
 HISTORIES_DIR = Path(__file__).parent / "histories"
-REPLAYER = Replayer(workflows=[AgentTaskWorkflow], data_converter=pydantic_data_converter)
+REPLAYER = Replayer(
+    workflows=[AgentTaskWorkflow, SessionWorkflow], data_converter=pydantic_data_converter
+)
 
 
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:

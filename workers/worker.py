@@ -22,6 +22,7 @@ from core.db import create_engine, session_factory
 from core.settings import Settings
 from core.temporal import connect_temporal
 from workflows.agent_task import AgentTaskWorkflow
+from workflows.session import SessionWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +59,7 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        workflows=[AgentTaskWorkflow],
+        workflows=[AgentTaskWorkflow, SessionWorkflow],
         activities=[
             store.begin_task,
             store.record_tool_result,
@@ -69,6 +70,8 @@ def build_worker(
             llm.call_model,
             tool_runner.run_tool,
             notify.notify,
+            store.record_session_message,
+            llm.fold_session_context,
         ],
         **worker_options,
     )
