@@ -30,7 +30,7 @@ from schemas.agent_task import (
     TaskProgress,
     TaskStatus,
 )
-from schemas.session import RecordedMessage, RecordSessionMessageInput
+from schemas.session import QueuedTasks, RecordedMessage, RecordSessionMessageInput
 from schemas.tables import (
     Approval,
     ChatSession,
@@ -166,6 +166,19 @@ class StoreActivities:
             chat.updated_at = utcnow()
             session.add(chat)
         return RecordedMessage(seq=turn.seq, is_new=True)
+
+    @activity.defn
+    async def cancel_queued_tasks(self, queued: QueuedTasks) -> None:
+        """Record messages that will never get their turn as cancelled tasks."""
+        async with session_scope(self._sessions) as session:
+            await session.exec(
+                update(Task)
+                .where(
+                    col(Task.id).in_(queued.task_ids),
+                    col(Task.status) == TaskStatus.QUEUED.value,
+                )
+                .values(status=TaskStatus.CANCELLED.value, updated_at=utcnow())
+            )
 
     @activity.defn
     async def record_tool_result(self, result: RecordToolResultInput) -> None:

@@ -64,6 +64,12 @@ class RecordedMessage(BaseModel):
     is_new: bool
 
 
+class QueuedTasks(BaseModel):
+    """The tasks of messages still waiting for their turn."""
+
+    task_ids: list[str]
+
+
 class FoldContextInput(BaseModel):
     """Fold the oldest turns before this task's turn into the session's summary until the
     rest fits the budget. Carries references, not the conversation."""

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.worker import Worker
 
 from activities.context import SUMMARY_SHARE, estimate_tokens
@@ -25,7 +25,7 @@ from core.session_client import (
 )
 from core.settings import Settings
 from schemas.session import SessionInput
-from tests.conftest import Account, MakeAccount, assert_replays
+from tests.conftest import Account, MakeAccount, assert_replays, wait_for_status
 from tests.fake_anthropic import FakeAnthropic, Reply, text
 from workers.worker import build_worker
 from workflows.agent_task import task_workflow_id
@@ -429,3 +429,48 @@ async def test_a_fresh_conversation_forgets_but_keeps_the_transcript(
     fresh, after = fake_claude.requests[1], fake_claude.requests[2]
     assert "Tom" not in all_text(fresh) and "Tom" not in all_text(after)
     assert "what is my cat called?" in all_text(after)
+
+
+async def test_cancelled_turns_and_a_cancelled_session(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    alice = await make_account()
+    fake_claude.respond_with(echo(delays={"one": 5.0, "three": 5.0}))
+    session_id = await create_session(api, alice)
+    one = await say(api, alice, session_id, "one")
+    await say(api, alice, session_id, "two")
+    await wait_for_status(api, one, alice.headers, frozenset({"running"}))
+    await wait_until_llm_started(api, alice, one)
+
+    # Cancelling one turn's task: the session goes on with the next message.
+    cancelled = await api.post(f"/v1/tasks/{one}/cancel", headers=alice.headers)
+    assert cancelled.status_code == 202, cancelled.text
+    items = await wait_for_answers(api, alice, session_id, 2)
+    assert [item["state"] for item in items] == ["cancelled", "answered"]
+
+    # Cancelling the session: the turn in progress and the messages waiting end cancelled.
+    three = await say(api, alice, session_id, "three")
+    await say(api, alice, session_id, "four")
+    await wait_until_llm_started(api, alice, three)
+    handle = temporal_client.get_workflow_handle(session_workflow_id(session_id))
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    items = await wait_for_answers(api, alice, session_id, 4)
+    assert [item["state"] for item in items] == ["cancelled", "answered", "cancelled", "cancelled"]
+    await assert_replays(handle)
+
+
+async def wait_until_llm_started(api: httpx.AsyncClient, account: Account, task_id: str) -> None:
+    """Until the task's first Claude call is under way."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        task = (await api.get(f"/v1/tasks/{task_id}", headers=account.headers)).json()
+        if task["steps"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"task {task_id} never called Claude")

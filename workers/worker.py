@@ -71,6 +71,7 @@ def build_worker(
             tool_runner.run_tool,
             notify.notify,
             store.record_session_message,
+            store.cancel_queued_tasks,
             llm.fold_session_context,
         ],
         **worker_options,

@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.agent_task import StartAgentTaskInput, TaskStatus
     from schemas.session import (
         QueuedMessage,
+        QueuedTasks,
         RecordSessionMessageInput,
         SessionInput,
         SessionMessage,
@@ -70,6 +71,22 @@ class SessionWorkflow:
 
     @workflow.run
     async def run(self, session: SessionInput) -> SessionResult:
+        try:
+            return await self._serve(session)
+        except asyncio.CancelledError:
+            # Cancelled (e.g. from the Web UI): the turn in progress cancelled itself; the
+            # messages still waiting will never be answered, and say so.
+            await workflow.execute_activity_method(
+                StoreActivities.cancel_queued_tasks,
+                QueuedTasks(task_ids=[message.task_id for message in self._queue]),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+                summary="record the waiting messages as cancelled",
+            )
+            raise
+
+    async def _serve(self, session: SessionInput) -> SessionResult:
+        """Answer messages as they come until the session has been idle long enough."""
         idle = timedelta(seconds=session.idle_timeout_seconds)
         while True:
             try:
@@ -120,5 +137,9 @@ class SessionWorkflow:
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
             )
         except ChildWorkflowError as error:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The session itself is being cancelled, and the turn with it.
+                raise asyncio.CancelledError() from error
             # e.g. the user cancelled this turn's task: the session goes on with the next.
             workflow.logger.info("turn ended without an answer", extra={"error": str(error)})
