@@ -30,7 +30,7 @@ from schemas.agent_task import (
     TaskProgress,
     TaskStatus,
 )
-from schemas.session import QueuedTasks, RecordedMessage, RecordSessionMessageInput
+from schemas.session import QueuedTasks, RecordedMessage, RecordSessionMessageInput, turn_task
 from schemas.tables import (
     Approval,
     ChatSession,
@@ -130,14 +130,7 @@ class StoreActivities:
         """Put a message at the end of its session's transcript, as a queued task (so the
         task id given out for it answers at once). A message recorded before keeps its place."""
         message = record.message
-        task = StartAgentTaskInput(
-            task_id=message.task_id,
-            user_id=record.user_id,
-            prompt=message.text,
-            agent=record.agent,
-            channel=message.channel,
-            session_id=record.session_id,
-        )
+        task = turn_task(record.session_id, record.user_id, record.agent, message)
         async with session_scope(self._sessions) as session:
             await insert_task_row(session, task, TaskStatus.QUEUED)
             seen = await session.exec(

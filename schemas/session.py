@@ -3,6 +3,8 @@ only with defaults, never rename."""
 
 from pydantic import BaseModel, Field
 
+from schemas.agent_task import StartAgentTaskInput
+
 MESSAGE_MAX_CHARS = 100_000
 
 
@@ -54,6 +56,20 @@ class RecordSessionMessageInput(BaseModel):
     user_id: str
     agent: str
     message: SessionMessage
+
+
+def turn_task(
+    session_id: str, user_id: str, agent: str, message: SessionMessage
+) -> StartAgentTaskInput:
+    """The task that answers a session's message."""
+    return StartAgentTaskInput(
+        task_id=message.task_id,
+        user_id=user_id,
+        prompt=message.text,
+        agent=agent,
+        channel=message.channel,
+        session_id=session_id,
+    )
 
 
 class RecordedMessage(BaseModel):

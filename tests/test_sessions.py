@@ -124,6 +124,26 @@ async def wait_for_answers(
     raise AssertionError(f"session {session_id} never answered {turns} turns: {items}")
 
 
+async def post_as(
+    client: Client,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    account: Account,
+    session_id: str,
+    said: str,
+) -> str:
+    """Post as the Telegram bot or a schedule would, with the shared entry point."""
+    return await post_message(
+        client,
+        sessions,
+        settings,
+        session_id=session_id,
+        user_id=account.id,
+        text=said,
+        channel="api",
+    )
+
+
 async def replay_every_run(client: Client, workflow_id: str, first_run_id: str) -> int:
     """Replay each run of a workflow, following continue-as-new; how many runs there were."""
     run_id: str | None = first_run_id
@@ -285,15 +305,7 @@ async def test_continue_as_new_keeps_the_queue(
         task_queue=settings.task_queue,
     )
     for said in ("one", "two", "three"):
-        await post_message(
-            temporal_client,
-            sessions,
-            settings,
-            session_id=session_id,
-            user_id=alice.id,
-            text=said,
-            channel="api",
-        )
+        await post_as(temporal_client, sessions, settings, alice, session_id, said)
 
     items = await wait_for_answers(api, alice, session_id, 3)
     assert [item["answer"] for item in items] == ["re: one", "re: two", "re: three"]
@@ -319,18 +331,7 @@ async def test_an_idle_session_closes_and_the_next_message_revives_it(
     session_id = await create_session(api, alice)
     quick = settings.model_copy(update={"session_idle_seconds": 1.0})
 
-    async def post(said: str) -> str:
-        return await post_message(
-            temporal_client,
-            sessions,
-            quick,
-            session_id=session_id,
-            user_id=alice.id,
-            text=said,
-            channel="api",
-        )
-
-    await post("remember the blue door")
+    await post_as(temporal_client, sessions, quick, alice, session_id, "remember the blue door")
     await wait_for_answers(api, alice, session_id, 1)
     handle = temporal_client.get_workflow_handle_for(
         SessionWorkflow.run, session_workflow_id(session_id)
@@ -339,7 +340,7 @@ async def test_an_idle_session_closes_and_the_next_message_revives_it(
     assert closed.turns_answered == 1
     first_run = (await handle.describe()).run_id
 
-    await post("which door?")
+    await post_as(temporal_client, sessions, quick, alice, session_id, "which door?")
     items = await wait_for_answers(api, alice, session_id, 2)
     assert [item["state"] for item in items] == ["answered", "answered"]
     assert "remember the blue door" in all_text(fake_claude.requests[-1])

@@ -10,7 +10,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.store import StoreActivities
     from schemas import search_attributes
-    from schemas.agent_task import StartAgentTaskInput, TaskStatus
+    from schemas.agent_task import TaskStatus
     from schemas.session import (
         QueuedMessage,
         QueuedTasks,
@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         SessionInput,
         SessionMessage,
         SessionResult,
+        turn_task,
     )
     from workflows.agent_task import AgentTaskWorkflow, task_workflow_id
     from workflows.timeouts import STORE_RETRY, STORE_TIMEOUT
@@ -116,14 +117,7 @@ class SessionWorkflow:
         """Run the task that answers `message`, and wait for it to end however it ends:
         the task records its own outcome, which is the turn's state."""
         session = self._session
-        task = StartAgentTaskInput(
-            task_id=message.task_id,
-            user_id=session.user_id,
-            prompt=message.text,
-            agent=session.agent,
-            channel=message.channel,
-            session_id=session.session_id,
-        )
+        task = turn_task(session.session_id, session.user_id, session.agent, message)
         try:
             await workflow.execute_child_workflow(
                 AgentTaskWorkflow.run,
