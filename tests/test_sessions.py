@@ -4,6 +4,7 @@ replay every run they produced."""
 
 import asyncio
 import uuid
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -475,3 +476,30 @@ async def wait_until_llm_started(api: httpx.AsyncClient, account: Account, task_
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"task {task_id} never called Claude")
+
+
+async def test_history_per_turn_does_not_grow_with_the_transcript(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    alice = await make_account()
+    fake_claude.respond_with(echo())
+    session_id = await create_session(api, alice)
+    handle = temporal_client.get_workflow_handle(session_workflow_id(session_id))
+    sizes = []
+    for n in range(1, 8):
+        # Each message (and its echoed answer) is 1 KB: carried in history, the transcript
+        # would add kilobytes to every later turn.
+        await say(api, alice, session_id, f"{n} " + "x" * 1000)
+        await wait_for_answers(api, alice, session_id, n)
+        history = await handle.fetch_history()
+        sizes.append(sum(event.ByteSize() for event in history.events))
+
+    per_turn = [later - earlier for earlier, later in pairwise(sizes)]
+    early, late = sum(per_turn[:3]) / 3, sum(per_turn[-3:]) / 3
+    assert late <= early * 1.25, per_turn
+    assert "x" * 1000 in all_text(fake_claude.requests[-1])  # ...though Claude saw it
+    await assert_replays(handle)
