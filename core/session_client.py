@@ -9,12 +9,13 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.db import session_scope
 from core.settings import Settings
 from schemas import search_attributes
-from schemas.session import SessionInput, SessionMessage
-from schemas.tables import ChatSession, utcnow
+from schemas.session import DropMessageInput, SessionInput, SessionMessage
+from schemas.tables import ChatSession, SessionTurn, utcnow
 from workflows.session import SessionWorkflow
 
 DEFAULT_AGENT = "assistant"
@@ -101,6 +102,25 @@ async def post_message(
         id=f"message-{message.task_id}",
     )
     return task_id
+
+
+async def drop_waiting_message(client: Client, session: AsyncSession, task_id: str) -> bool:
+    """Cancel a session's message that is still waiting for its turn: it is taken out of
+    the queue and its task recorded `cancelled`. False when it is not waiting (its turn has
+    begun, or it is no session's message): cancel its task's workflow instead."""
+    turn = (await session.exec(select(SessionTurn).where(SessionTurn.task_id == task_id))).first()
+    if turn is None:
+        return False
+    handle = client.get_workflow_handle(session_workflow_id(turn.session_id))
+    try:
+        dropped: bool = await handle.execute_update(
+            SessionWorkflow.drop_message, DropMessageInput(task_id=task_id)
+        )
+    except RPCError as exc:
+        if exc.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return dropped
 
 
 async def start_new_conversation(

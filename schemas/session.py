@@ -80,6 +80,12 @@ class RecordedMessage(BaseModel):
     is_new: bool
 
 
+class DropMessageInput(BaseModel):
+    """Take this task's message out of the queue (the `drop_message` update)."""
+
+    task_id: str
+
+
 class QueuedTasks(BaseModel):
     """The tasks of messages still waiting for their turn."""
 

@@ -454,16 +454,22 @@ async def test_cancelled_turns_and_a_cancelled_session(
     items = await wait_for_answers(api, alice, session_id, 2)
     assert [item["state"] for item in items] == ["cancelled", "answered"]
 
-    # Cancelling the session: the turn in progress and the messages waiting end cancelled.
+    # Cancelling a message still waiting: it is dropped, and never reaches Claude.
     three = await say(api, alice, session_id, "three")
+    waiting = await say(api, alice, session_id, "never mind")
     await say(api, alice, session_id, "four")
+    dropped = await api.post(f"/v1/tasks/{waiting}/cancel", headers=alice.headers)
+    assert dropped.json() == {"id": waiting, "status": "cancelled"}
+
+    # Cancelling the session: the turn in progress and the messages waiting end cancelled.
     await wait_until_llm_started(api, alice, three)
     handle = temporal_client.get_workflow_handle(session_workflow_id(session_id))
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
         await handle.result()
-    items = await wait_for_answers(api, alice, session_id, 4)
-    assert [item["state"] for item in items] == ["cancelled", "answered", "cancelled", "cancelled"]
+    items = await wait_for_answers(api, alice, session_id, 5)
+    assert [item["state"] for item in items] == ["cancelled", "answered"] + ["cancelled"] * 3
+    assert "never mind" not in [last_user_text(body) for body in fake_claude.requests]
     await assert_replays(handle)
 
 

@@ -12,6 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas import search_attributes
     from schemas.agent_task import TaskStatus
     from schemas.session import (
+        DropMessageInput,
         QueuedMessage,
         QueuedTasks,
         RecordSessionMessageInput,
@@ -39,6 +40,7 @@ class SessionWorkflow:
         # Messages are recorded one at a time, so their transcript order is arrival order.
         self._recording = asyncio.Lock()
         self._turns_answered = 0
+        self._answering: str | None = None  # the task id of the turn under way
 
     @workflow.update
     async def post_message(self, message: SessionMessage) -> str:
@@ -65,6 +67,21 @@ class SessionWorkflow:
         if not message.text.strip():
             raise ApplicationError("text: the message is empty", type="EmptyMessage")
 
+    @workflow.update
+    async def drop_message(self, request: DropMessageInput) -> bool:
+        """Take a message out of the queue before its turn, and record its task cancelled.
+        False when it is not waiting (its turn is under way or over)."""
+        waiting = [
+            message
+            for message in self._queue
+            if message.task_id == request.task_id and message.task_id != self._answering
+        ]
+        if not waiting:
+            return False
+        self._queue.remove(waiting[0])
+        await self._cancel_tasks([request.task_id], "record the dropped message as cancelled")
+        return True
+
     @workflow.query
     def queued(self) -> list[QueuedMessage]:
         """The messages waiting for their turn (the first may be being answered)."""
@@ -77,14 +94,20 @@ class SessionWorkflow:
         except asyncio.CancelledError:
             # Cancelled (e.g. from the Web UI): the turn in progress cancelled itself; the
             # messages still waiting will never be answered, and say so.
-            await workflow.execute_activity_method(
-                StoreActivities.cancel_queued_tasks,
-                QueuedTasks(task_ids=[message.task_id for message in self._queue]),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
-                summary="record the waiting messages as cancelled",
+            await self._cancel_tasks(
+                [message.task_id for message in self._queue],
+                "record the waiting messages as cancelled",
             )
             raise
+
+    async def _cancel_tasks(self, task_ids: list[str], summary: str) -> None:
+        await workflow.execute_activity_method(
+            StoreActivities.cancel_queued_tasks,
+            QueuedTasks(task_ids=task_ids),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=summary,
+        )
 
     async def _serve(self, session: SessionInput) -> SessionResult:
         """Answer messages as they come until the session has been idle long enough."""
@@ -103,8 +126,9 @@ class SessionWorkflow:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(session.model_copy(update={"queue": self._queue}))
-            await self._answer(self._queue[0])
-            self._queue.pop(0)
+            message = self._queue[0]
+            await self._answer(message)
+            self._queue.remove(message)
             self._turns_answered += 1
 
     def _should_continue_as_new(self) -> bool:
@@ -118,6 +142,7 @@ class SessionWorkflow:
         the task records its own outcome, which is the turn's state."""
         session = self._session
         task = turn_task(session.session_id, session.user_id, session.agent, message)
+        self._answering = task.task_id
         try:
             await workflow.execute_child_workflow(
                 AgentTaskWorkflow.run,

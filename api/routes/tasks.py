@@ -26,7 +26,7 @@ from api.events import event_stream
 from api.paging import newest_first
 from api.progress import live_progress
 from core.records import insert_task_row
-from core.session_client import owned_session, post_message
+from core.session_client import drop_waiting_message, owned_session, post_message
 from core.settings import Settings
 from schemas import search_attributes
 from schemas.agent_task import (
@@ -216,10 +216,13 @@ async def cancel_task(
     task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
 ) -> TaskCancelled:
     """Cancel a running task: a Claude call in flight is stopped, and the task ends
-    `cancelled`. A task that already ended answers 409."""
+    `cancelled`. A session's message still waiting for its turn is dropped at once. A task
+    that already ended answers 409."""
     task = await owned_task(session, task_id, user)
     if task.status in TERMINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already ended {task.status}")
+    if task.status == TaskStatus.QUEUED and await drop_waiting_message(client, session, task.id):
+        return TaskCancelled(id=task.id, status=TaskStatus.CANCELLED.value)
     try:
         await client.get_workflow_handle(workflow_id(task.id)).cancel()
     except RPCError as exc:
