@@ -227,6 +227,7 @@ def builtin_registry() -> ToolRegistry:
             args_model=NoArguments,
             handler=get_current_time,
             timeout_seconds=10,
+            local=True,
         ),
         Tool(
             name="notes_list",
@@ -234,6 +235,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NoArguments,
             handler=notes_list,
+            local=True,
         ),
         Tool(
             name="notes_read",
@@ -241,6 +243,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NotePath,
             handler=notes_read,
+            local=True,
         ),
         Tool(
             name="notes_write",
@@ -248,6 +251,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=NoteWrite,
             handler=notes_write,
+            local=True,
         ),
         Tool(
             name="notes_delete",
@@ -255,6 +259,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.CONFIRM,
             args_model=NotePath,
             handler=notes_delete,
+            local=True,
         ),
         Tool(
             name="remember",
@@ -265,6 +270,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=MemoryContent,
             handler=remember,
+            local=True,
         ),
         Tool(
             name="recall",
@@ -275,6 +281,7 @@ def builtin_registry() -> ToolRegistry:
             policy=ToolPolicy.AUTO,
             args_model=RecallQuery,
             handler=recall,
+            local=True,
         ),
         Tool(
             name="http_fetch",
@@ -299,6 +306,7 @@ def builtin_registry() -> ToolRegistry:
             args_model=PlanUpdate,
             handler=update_plan,
             timeout_seconds=10,
+            local=True,
         ),
         Tool(
             name="ask_user",

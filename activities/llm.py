@@ -195,19 +195,20 @@ class LlmActivities:
         retry after the reply was stored returns it instead of calling Claude again."""
         async with session_scope(self._sessions) as session:
             stored = await find_message(session, request.task_id, request.assistant_seq)
-            conversation = [] if stored else await self._conversation(session, request)
+            if stored is None:
+                conversation = await self._conversation(session, request)
+                events.add_event(
+                    session,
+                    request.task_id,
+                    events.LLM_STARTED,
+                    seq=request.assistant_seq,
+                    model=request.model,
+                    attempt=activity.info().attempt,
+                )
         if stored is not None:
             usage = Usage.model_validate(stored.usage or {})
             return _result(stored.content, stored.stop_reason or "end_turn", usage)
 
-        await events.emit(
-            self._sessions,
-            request.task_id,
-            events.LLM_STARTED,
-            seq=request.assistant_seq,
-            model=request.model,
-            attempt=activity.info().attempt,
-        )
         if self._client is None:
             content, stop_reason = offline_reply(
                 conversation, request.tool_names, request.assistant_seq

@@ -297,6 +297,19 @@ class StoreActivities:
             task.plan = [item.model_dump(mode="json") for item in progress.plan]
             task.updated_at = utcnow()
             session.add(task)
+            # Nobody can decide for a task that has ended: close its audit rows too.
+            await session.exec(
+                update(Approval)
+                .where(
+                    col(Approval.task_id) == progress.task_id,
+                    col(Approval.status) == ApprovalStatus.PENDING.value,
+                )
+                .values(
+                    status=ApprovalStatus.CANCELLED.value,
+                    decided_at=task.updated_at,
+                    reason=f"the task was {progress.status.value} before anyone decided",
+                )
+            )
             events.add_event(
                 session,
                 progress.task_id,

@@ -48,6 +48,9 @@ class Tool:
     max_attempts: int = 3
     # How long a confirm-tier call waits for a person (and `ask_user` for an answer).
     approval_timeout_seconds: float = DEFAULT_APPROVAL_TIMEOUT_SECONDS
+    # Quick work on Keel's own database: run as a local activity, in the workflow's worker,
+    # without a round trip through the task queue.
+    local: bool = False
 
     def spec(self) -> dict[str, Any]:
         """The tool as the Messages API describes it."""
@@ -64,6 +67,7 @@ class Tool:
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
             approval_timeout_seconds=self.approval_timeout_seconds,
+            local=self.local,
         )
 
 

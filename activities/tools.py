@@ -26,19 +26,20 @@ class ToolActivities:
         tool's own expected errors become `is_error` results for Claude to see."""
         async with session_scope(self._sessions) as session:
             done = await find_message(session, request.task_id, request.result_seq)
+            if done is None:
+                events.add_event(
+                    session,
+                    request.task_id,
+                    events.TOOL_STARTED,
+                    tool=request.call.name,
+                    tool_use_id=request.call.id,
+                    arguments=request.call.arguments,
+                )
         if done is not None:
             block = done.content[0]
             return ToolCallResult(
                 is_error=block["is_error"], preview=block["content"][:PREVIEW_CHARS]
             )
-        await events.emit(
-            self._sessions,
-            request.task_id,
-            events.TOOL_STARTED,
-            tool=request.call.name,
-            tool_use_id=request.call.id,
-            arguments=request.call.arguments,
-        )
         tool = self._tools.get(request.call.name)
         if tool is None:
             raise ValueError(f"tool {request.call.name!r} is not registered on this worker")

@@ -230,7 +230,7 @@ def database_engine(config: dict[str, Any]) -> tuple[AsyncEngine, int]:
     else:
         engine = create_async_engine(
             url,
-            pool_pre_ping=True,
+            pool_recycle=1800,
             pool_size=config.get("db_pool_size") or 10,
             max_overflow=config.get("db_max_overflow") or 20,
         )

@@ -32,7 +32,11 @@ def database_url(settings: Settings) -> str:
 
 
 def create_engine(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    """The async engine. No `pool_pre_ping`: it costs a round trip on every checkout, and a
+    connection that died (Postgres restarted) fails its one statement, invalidates the pool,
+    and the work is retried (an activity by Temporal, a request by its client after a 503).
+    Connections are recycled before servers or proxies drop them as idle."""
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -84,6 +84,9 @@ class ToolGrant(BaseModel):
     timeout_seconds: float
     max_attempts: int
     approval_timeout_seconds: float = DEFAULT_APPROVAL_TIMEOUT_SECONDS
+    local: bool = Field(
+        default=False, description="Run as a local activity (quick, database-only tools)."
+    )
 
 
 class TaskPlan(BaseModel):
@@ -169,6 +172,8 @@ class ApprovalStatus(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    # Recorded by the store only: the task ended (cancelled, failed) while still waiting.
+    CANCELLED = "cancelled"
 
 
 class ApprovalView(BaseModel):

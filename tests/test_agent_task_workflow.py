@@ -4,6 +4,7 @@ anthropic SDK talking to the fake Messages API. Every test replays its history."
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -74,6 +75,17 @@ async def test_task_runs_tools_and_answers(
         "user",
         "assistant",
     ]
+    # Quick database-only tools run as local activities: a marker each in history, no
+    # round trip through the task queue; Claude calls stay regular activities.
+    history = await handle.fetch_history()
+    scheduled = [
+        event.activity_task_scheduled_event_attributes.activity_type.name
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert "run_tool" not in scheduled and scheduled.count("call_model") == 3
+    assert len(markers) == 3
     await assert_replays(handle)
 
 

@@ -134,6 +134,38 @@ async def test_rejected_tool_does_not_run_and_claude_is_told_why(
     assert "rejected" in told["content"] and "I still need it" in told["content"]
 
 
+async def test_cancelling_a_task_closes_its_pending_approvals(
+    api: httpx.AsyncClient,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    make_account: MakeAccount,
+) -> None:
+    alice = await make_account()
+    await add_note(sessions, alice, "old.md", "stale")
+    fake_claude.script(tool_use(ToolCall("notes_delete", {"path": "old.md"})), text("Deleted."))
+    task_id = await start(api, alice, "Delete old.md")
+    [pending] = (await wait_for(api, task_id, alice, "awaiting_approval"))["pending_approvals"]
+
+    cancelled = await api.post(f"/v1/tasks/{task_id}/cancel", headers=alice.headers)
+    assert cancelled.status_code == 202, cancelled.text
+    assert (await wait_until_finished(api, task_id, alice.headers))["status"] == "cancelled"
+    waiting = await api.get("/v1/approvals?status=pending", headers=alice.headers)
+    assert waiting.json()["items"] == []
+    [closed] = (await api.get(f"/v1/approvals?task_id={task_id}", headers=alice.headers)).json()[
+        "items"
+    ]
+    assert (closed["id"], closed["status"]) == (pending["id"], "cancelled")
+    assert closed["reason"] == "the task was cancelled before anyone decided"
+    late = await api.post(
+        f"/v1/tasks/{task_id}/approvals/{pending['id']}",
+        json={"decision": "approve"},
+        headers=alice.headers,
+    )
+    assert late.status_code == 409
+    assert await note_paths(sessions, alice) == ["old.md"]
+
+
 async def test_text_in_a_tool_result_cannot_grant_approval(
     api: httpx.AsyncClient,
     worker: Worker,

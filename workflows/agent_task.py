@@ -304,16 +304,25 @@ class AgentTaskWorkflow:
             if approval.status is not ApprovalStatus.APPROVED:
                 outcome, reason = approval.status.value, _not_approved(approval)
         if grant is not None and reason is None:
+            request = ToolCallInput(
+                task_id=task.task_id, user_id=task.user_id, call=call, result_seq=result_seq
+            )
+            options: dict[str, Any] = {
+                "start_to_close_timeout": timedelta(seconds=grant.timeout_seconds),
+                "retry_policy": tool_retry(grant.max_attempts),
+                "summary": f"tool {call.name}",
+            }
             try:
-                result = await workflow.execute_activity_method(
-                    ToolActivities.run_tool,
-                    ToolCallInput(
-                        task_id=task.task_id, user_id=task.user_id, call=call, result_seq=result_seq
-                    ),
-                    start_to_close_timeout=timedelta(seconds=grant.timeout_seconds),
-                    retry_policy=tool_retry(grant.max_attempts),
-                    summary=f"tool {call.name}",
-                )
+                # `local` comes from the task's recorded plan, so tasks begun before tools
+                # could run locally replay as they ran: no patch needed.
+                if grant.local:
+                    result = await workflow.execute_local_activity_method(
+                        ToolActivities.run_tool, request, **options
+                    )
+                else:
+                    result = await workflow.execute_activity_method(
+                        ToolActivities.run_tool, request, **options
+                    )
             except ActivityError as error:
                 outcome, reason = "failed", f"the tool {call.name} failed: {_error_message(error)}"
             else:
