@@ -77,9 +77,13 @@ async def post_message(
     (default: `assistant`); `agent` is ignored for an existing session. Raises
     SessionNotFound when the session belongs to another user. The session's workflow is
     started if it is not running (first message, or it closed after being idle) in the same
-    request that delivers the message, so no message is lost to a closing session."""
-    chat = await _get_or_create(db, session_id, user_id, channel, agent or DEFAULT_AGENT)
+    request that delivers the message, so no message is lost to a closing session. Empty
+    or overlong text raises ValueError (pydantic's ValidationError is one) before anything
+    is written."""
+    if not text.strip():
+        raise ValueError("text: the message is empty")
     message = SessionMessage(task_id=str(uuid4()), text=text, channel=channel)
+    chat = await _get_or_create(db, session_id, user_id, channel, agent or DEFAULT_AGENT)
     start = WithStartWorkflowOperation(
         SessionWorkflow.run,
         SessionInput(
