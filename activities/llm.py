@@ -1,9 +1,10 @@
-"""The activity that makes one Claude call, reading and extending the transcript in Postgres."""
+"""The activities that call Claude: one step of a task, reading and extending its transcript
+in Postgres, and folding a session's older turns into its running summary."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -15,11 +16,23 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import events
-from activities.offline_model import offline_reply
+from activities.context import (
+    PastTurn,
+    clip,
+    context_messages,
+    load_session_context,
+    next_fold,
+    store_summary,
+    summary_instructions,
+    summary_request,
+    summary_tokens,
+)
+from activities.offline_model import offline_reply, offline_summary
 from activities.tool_registry import ToolRegistry
 from activities.transcript import find_message, load_conversation, write_message
 from core.db import session_scope
 from schemas.agent_task import LlmCallInput, LlmCallResult, ToolCall, Usage
+from schemas.session import FoldContextInput
 
 # Statuses that no retry can fix, with the error type callers branch on.
 PERMANENT_STATUSES = {
@@ -107,6 +120,19 @@ def _result(content: list[dict[str, Any]], stop_reason: str, usage: Usage) -> Ll
     )
 
 
+@contextmanager
+def claude_errors() -> Iterator[None]:
+    """Turn the SDK's errors inside into classified ApplicationErrors."""
+    try:
+        yield
+    except (anthropic.APIError, httpx2.TransportError) as exc:
+        # A stream cut mid-response raises the SDK's HTTP client's (httpx2) own error.
+        # Not `from exc`: the chain of HTTP client errors, tracebacks and all, is more
+        # than Temporal keeps of a failure, and history would show only "Failure exceeds
+        # size limit." instead of the reason. The message carries what matters.
+        raise classify_claude_error(exc) from None
+
+
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat on a clock while Claude works, even before its first byte: heartbeats are
@@ -170,7 +196,7 @@ class LlmActivities:
         async with session_scope(self._sessions) as session:
             stored = await find_message(session, request.task_id, request.assistant_seq)
             if stored is None:
-                conversation = await load_conversation(session, request.task_id)
+                conversation = await self._conversation(session, request)
                 events.add_event(
                     session,
                     request.task_id,
@@ -214,6 +240,16 @@ class LlmActivities:
                 )
         return _result(content, stop_reason, usage)
 
+    async def _conversation(
+        self, session: AsyncSession, request: LlmCallInput
+    ) -> list[dict[str, Any]]:
+        """The task's transcript, after what fits of its session's earlier turns."""
+        own = await load_conversation(session, request.task_id)
+        found = await load_session_context(session, request.task_id)
+        if found is None or request.context_tokens is None:
+            return own
+        return context_messages(found, own, request.context_tokens)
+
     async def _ask_claude(
         self, request: LlmCallInput, conversation: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], str, Usage]:
@@ -223,7 +259,7 @@ class LlmActivities:
         if tools:
             tools[-1]["cache_control"] = {"type": "ephemeral"}
         system = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
-        try:
+        with claude_errors():
             async with self._client.messages.stream(
                 model=request.model,
                 max_tokens=request.max_output_tokens,
@@ -237,17 +273,52 @@ class LlmActivities:
                         await deltas.add(event.text)
                 await deltas.flush()
                 message = await stream.get_final_message()
-        except (anthropic.APIError, httpx2.TransportError) as exc:
-            # A stream cut mid-response raises the SDK's HTTP client's (httpx2) own error.
-            # Not `from exc`: the chain of HTTP client errors, tracebacks and all, is more
-            # than Temporal keeps of a failure, and history would show only "Failure exceeds
-            # size limit." instead of the reason. The message carries what matters.
-            raise classify_claude_error(exc) from None
         content = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
-        usage = Usage(
-            input_tokens=message.usage.input_tokens,
-            output_tokens=message.usage.output_tokens,
-            cache_creation_input_tokens=message.usage.cache_creation_input_tokens or 0,
-            cache_read_input_tokens=message.usage.cache_read_input_tokens or 0,
-        )
-        return content, message.stop_reason or "end_turn", usage
+        return content, message.stop_reason or "end_turn", _usage(message.usage)
+
+    @activity.defn
+    async def fold_session_context(self, request: FoldContextInput) -> Usage:
+        """Fold the session's oldest turns into its running summary (a Claude call per
+        chunk, each stored before the next) until the turns before this task's fit the
+        budget. A retry goes on from the last stored summary."""
+        spent = Usage()
+        while True:
+            async with session_scope(self._sessions) as session:
+                found = await load_session_context(session, request.task_id)
+            turns = next_fold(found, request.context_tokens) if found else []
+            if found is None or not turns:
+                return spent
+            summary, usage = await self._summarize(request, found.summary, turns)
+            spent += usage
+            async with session_scope(self._sessions) as session:
+                await store_summary(session, found, summary, through=turns[-1].seq)
+
+    async def _summarize(
+        self, request: FoldContextInput, summary: str | None, turns: list[PastTurn]
+    ) -> tuple[str, Usage]:
+        """The summary with `turns` folded in, clipped to its share of the budget."""
+        budget = request.context_tokens
+        limit = summary_tokens(budget)
+        if self._client is None:
+            return clip(
+                offline_summary(summary, [(t.text, t.answer) for t in turns]), limit
+            ), Usage()
+        with claude_errors():
+            async with _heartbeating():
+                message = await self._client.messages.create(
+                    model=request.model,
+                    max_tokens=limit,
+                    system=summary_instructions(budget),
+                    messages=summary_request(summary, turns, budget),  # type: ignore[arg-type]
+                )
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return clip(text.strip(), limit), _usage(message.usage)
+
+
+def _usage(usage: anthropic.types.Usage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+        cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+    )

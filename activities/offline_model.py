@@ -22,3 +22,11 @@ def offline_reply(
         call = {"type": "tool_use", "id": f"offline_{seq}", "name": "get_current_time", "input": {}}
         return [{"type": "text", "text": f"{OFFLINE_LABEL} Checking the clock."}, call], "tool_use"
     return [{"type": "text", "text": f"{OFFLINE_LABEL} You said: {prompt}"}], "end_turn"
+
+
+def offline_summary(summary: str | None, turns: list[tuple[str, str]]) -> str:
+    """A labelled stand-in for Claude's running summary: the summary so far, then each
+    folded turn's message and answer (the caller clips it to its budget)."""
+    parts = [summary.removeprefix(OFFLINE_LABEL).strip()] if summary else []
+    parts += [f"The user said: {text} The answer was: {answer}" for text, answer in turns]
+    return " ".join([OFFLINE_LABEL, *parts])

@@ -4,7 +4,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -30,7 +30,18 @@ from schemas.agent_task import (
     TaskProgress,
     TaskStatus,
 )
-from schemas.tables import Approval, Message, Task, TaskEvent, ToolPreference, User, utcnow
+from schemas.session import QueuedTasks, RecordedMessage, RecordSessionMessageInput, turn_task
+from schemas.tables import (
+    Approval,
+    ChatSession,
+    Message,
+    SessionTurn,
+    Task,
+    TaskEvent,
+    ToolPreference,
+    User,
+    utcnow,
+)
 from schemas.tool_preferences import effective_policy
 
 PROMPT_SEQ = 0
@@ -38,6 +49,8 @@ PROMPT_SEQ = 0
 # system prompt, newest first.
 MEMORY_WORD_MIN = 4
 PROMPT_MEMORIES = 10
+# A session without a title takes the start of its first message.
+TITLE_CHARS = 80
 
 
 def _sha256(arguments: dict[str, Any]) -> str:
@@ -109,6 +122,7 @@ class StoreActivities:
             max_steps=task.max_steps or profile.max_steps or self._settings.default_max_steps,
             max_tokens=task.max_tokens or profile.max_tokens or self._settings.default_max_tokens,
             max_output_tokens=self._settings.llm_max_output_tokens,
+            context_tokens=profile.context_tokens or self._settings.default_context_tokens,
             tools=[
                 tool.grant().model_copy(
                     update={"policy": effective_policy(tool.policy, preferences.get(tool.name))}
@@ -116,6 +130,54 @@ class StoreActivities:
                 for tool in self._tools.require(profile.tools)
             ],
         )
+
+    @activity.defn
+    async def record_session_message(self, record: RecordSessionMessageInput) -> RecordedMessage:
+        """Put a message at the end of its session's transcript, as a queued task (so the
+        task id given out for it answers at once). A message recorded before keeps its place."""
+        message = record.message
+        task = turn_task(record.session_id, record.user_id, record.agent, message)
+        async with session_scope(self._sessions) as session:
+            await insert_task_row(session, task, TaskStatus.QUEUED)
+            seen = await session.exec(
+                select(SessionTurn.seq).where(SessionTurn.task_id == message.task_id)
+            )
+            seq = seen.first()
+            if seq is not None:
+                return RecordedMessage(seq=seq, is_new=False)
+            chat = (
+                await session.exec(
+                    select(ChatSession).where(ChatSession.id == record.session_id).with_for_update()
+                )
+            ).one()
+            last = await session.exec(
+                select(func.max(SessionTurn.seq)).where(SessionTurn.session_id == chat.id)
+            )
+            turn = SessionTurn(
+                session_id=chat.id,
+                seq=(last.one() or 0) + 1,
+                task_id=message.task_id,
+                fresh_context=chat.new_context_pending,
+            )
+            session.add(turn)
+            chat.new_context_pending = False
+            chat.title = chat.title or message.text[:TITLE_CHARS]
+            chat.updated_at = utcnow()
+            session.add(chat)
+        return RecordedMessage(seq=turn.seq, is_new=True)
+
+    @activity.defn
+    async def cancel_queued_tasks(self, queued: QueuedTasks) -> None:
+        """Record messages that will never get their turn as cancelled tasks."""
+        async with session_scope(self._sessions) as session:
+            await session.exec(
+                update(Task)
+                .where(
+                    col(Task.id).in_(queued.task_ids),
+                    col(Task.status) == TaskStatus.QUEUED.value,
+                )
+                .values(status=TaskStatus.CANCELLED.value, updated_at=utcnow())
+            )
 
     @activity.defn
     async def record_tool_result(self, result: RecordToolResultInput) -> None:

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from core.agents import AgentCatalog
+from core.agents import AgentCatalog, UnknownAgent
 from core.db import session_scope
 from core.records import user_for_api_key
 from core.settings import Settings
@@ -60,7 +61,26 @@ def get_agents(request: Request) -> AgentCatalog:
     return agents
 
 
+def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return factory
+
+
+def require_agent(agents: AgentCatalog, name: str) -> None:
+    """422 naming `agent` unless the deployment has this agent profile."""
+    try:
+        agents.get(name)
+    except UnknownAgent:
+        names = ", ".join(profile.name for profile in agents.all())
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"agent: unknown agent {name!r}; known agents: {names}",
+        ) from None
+
+
 DbSession = Annotated[AsyncSession, Depends(get_db)]
+# For work that commits on its own (e.g. posting into a session), not the request's session.
+DbSessions = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 TemporalClient = Annotated[Client, Depends(get_temporal)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 Agents = Annotated[AgentCatalog, Depends(get_agents)]

@@ -11,9 +11,10 @@ from temporalio.service import RPCError
 
 from activities.builtin_tools import builtin_registry
 from api.deps import ServiceUnavailable, TemporalConnection
-from api.routes import approvals, catalog, health, me, notifications, schedules, tasks
+from api.routes import approvals, catalog, health, me, notifications, schedules, sessions, tasks
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
+from core.session_client import SessionNotFound
 from core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,14 @@ def create_app(
     app.include_router(me.router)
     app.include_router(notifications.router)
     app.include_router(schedules.router)
+    app.include_router(sessions.router)
+
+    @app.exception_handler(SessionNotFound)
+    async def session_not_found(_request: Request, exc: Exception) -> JSONResponse:
+        """Another user's session is as absent as one that never existed."""
+        return JSONResponse(
+            {"detail": f"no session {exc.args[0]}"}, status_code=status.HTTP_404_NOT_FOUND
+        )
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(OperationalError)

@@ -51,12 +51,8 @@ def temporal_schedule(row: ScheduleRow, settings: Settings, state: ScheduleState
         ),
         id=f"scheduled-run-{row.id}",
         task_queue=settings.task_queue,
-        typed_search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(search_attributes.USER_ID, row.user_id),
-                SearchAttributePair(search_attributes.CHANNEL, SCHEDULED_CHANNEL),
-                SearchAttributePair(search_attributes.AGENT, row.agent),
-            ]
+        typed_search_attributes=search_attributes.of_work(
+            row.user_id, SCHEDULED_CHANNEL, row.agent
         ),
         static_summary=f"schedule {row.name!r}: {row.prompt[:80]}",
     )

@@ -45,12 +45,16 @@ async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
     return (await session.exec(statement)).first()
 
 
-async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> None:
+async def insert_task_row(
+    session: AsyncSession, task: StartAgentTaskInput, status: TaskStatus | None = None
+) -> None:
     """Create the task's projection row unless it exists: the API writes it before the
-    workflow starts, while a task started by a schedule is first written by its workflow.
-    A task with a `start_at` is `scheduled` until its workflow begins it."""
+    workflow starts, while a task started by a schedule is first written by its workflow. A
+    task with a `start_at` is `scheduled` until its workflow begins it; a session's message
+    is written `queued`, and moves to `running` when its task begins."""
     now = utcnow()
-    status = TaskStatus.SCHEDULED if task.start_at is not None else TaskStatus.RUNNING
+    if status is None:
+        status = TaskStatus.SCHEDULED if task.start_at is not None else TaskStatus.RUNNING
     statement = (
         insert(Task)
         .values(
@@ -66,7 +70,11 @@ async def insert_task_row(session: AsyncSession, task: StartAgentTaskInput) -> N
             updated_at=now,
             start_at=task.start_at,
         )
-        .on_conflict_do_nothing()
+        .on_conflict_do_update(
+            index_elements=["id"],
+            set_={"status": status.value, "updated_at": now},
+            where=col(Task.status) == TaskStatus.QUEUED.value,
+        )
     )
     await session.exec(statement)
 

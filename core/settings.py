@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         ge=10,
         description="How late a schedule's firing, missed while Temporal was down, still runs.",
     )
+    default_context_tokens: int = Field(default=32_000, ge=256)
+    session_idle_seconds: float = Field(default=3600.0, gt=0)
     telegram_bot_token: SecretStr | None = Field(
         default=None, description="The bot's token from @BotFather; unset: no Telegram."
     )

@@ -1,31 +1,19 @@
-"""What any channel (the REST API, the Telegram bot) does to an agent task: start it,
-decide its approvals, answer its questions, cancel it. One code path for all of them."""
+"""What any channel (the REST API, the Telegram bot) does to a running agent task: decide
+its approvals, answer its questions, cancel it. One code path for all of them."""
 
 from typing import Any
 
-from sqlmodel import col, delete
-from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.records import insert_task_row
-from schemas import search_attributes
 from schemas.agent_task import (
     AnswerQuestionInput,
     ApprovalView,
     DecideApprovalInput,
     QuestionView,
-    StartAgentTaskInput,
-    TaskStatus,
 )
-from schemas.tables import Task
-from workflows.agent_task import AgentTaskWorkflow
-
-
-def task_workflow_id(task_id: str) -> str:
-    return f"task-{task_id}"
+from workflows.agent_task import AgentTaskWorkflow, task_workflow_id
 
 
 class TaskUpdateRefused(Exception):
@@ -40,45 +28,6 @@ class TaskUpdateRefused(Exception):
 
 # Update rejections that mean "no such thing here" rather than "not any more".
 _MISSING = {"ApprovalNotFound", "QuestionNotFound"}
-
-
-async def start_task(
-    session: AsyncSession,
-    client: Client,
-    task: StartAgentTaskInput,
-    task_queue: str,
-    summary: str,
-    priority: Priority = Priority.default,
-) -> TaskStatus:
-    """Record the task's row, then start its workflow; returns its first status (`running`,
-    or `scheduled` until its `start_at`). The row comes first, so the task is listed and
-    owned the moment it exists; it is removed again if Temporal refuses the start (the
-    RPCError is re-raised), so nothing half-written is left behind."""
-    initial = TaskStatus.SCHEDULED if task.start_at is not None else TaskStatus.RUNNING
-    await insert_task_row(session, task)
-    await session.commit()
-    try:
-        await client.start_workflow(
-            AgentTaskWorkflow.run,
-            task,
-            id=task_workflow_id(task.task_id),
-            task_queue=task_queue,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(search_attributes.USER_ID, task.user_id),
-                    SearchAttributePair(search_attributes.CHANNEL, task.channel),
-                    SearchAttributePair(search_attributes.AGENT, task.agent),
-                    SearchAttributePair(search_attributes.PHASE, initial.value),
-                ]
-            ),
-            static_summary=summary,
-            priority=priority,
-        )
-    except RPCError:
-        await session.exec(delete(Task).where(col(Task.id) == task.task_id))
-        await session.commit()
-        raise
-    return initial
 
 
 async def _send_update(client: Client, task_id: str, update: Any, argument: Any) -> Any:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 class TaskStatus(StrEnum):
     SCHEDULED = "scheduled"
+    QUEUED = "queued"
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_ANSWER = "awaiting_answer"
@@ -70,6 +71,9 @@ class StartAgentTaskInput(BaseModel):
     start_at: datetime | None = Field(
         default=None, description="Wait durably until then before the first step."
     )
+    session_id: str | None = Field(
+        default=None, description="The session this task answers a message of, if any."
+    )
 
 
 DEFAULT_APPROVAL_TIMEOUT_SECONDS = 24 * 3600.0
@@ -98,6 +102,9 @@ class TaskPlan(BaseModel):
     max_tokens: int
     max_output_tokens: int
     tools: list[ToolGrant]
+    context_tokens: int | None = Field(
+        default=None, description="Token budget of the session context Claude sees."
+    )
 
 
 class ToolCall(BaseModel):
@@ -115,6 +122,9 @@ class LlmCallInput(BaseModel):
     tool_names: list[str]
     max_output_tokens: int
     assistant_seq: int
+    context_tokens: int | None = Field(
+        default=None, description="Bounds what Claude sees of the task's session, if any."
+    )
 
 
 class LlmCallResult(BaseModel):

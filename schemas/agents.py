@@ -11,3 +11,9 @@ class AgentProfile(BaseModel):
     tools: list[str]
     max_steps: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    context_tokens: int | None = Field(
+        default=None,
+        ge=256,
+        description="Token budget of a session's transcript per Claude call; unset means "
+        "KEEL_DEFAULT_CONTEXT_TOKENS.",
+    )

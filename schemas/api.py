@@ -20,19 +20,18 @@ from schemas.tool_preferences import ToolPreferenceValue
 PROMPT_MAX_CHARS = 100_000
 
 
-def _not_blank(prompt: str) -> str:
-    if not prompt.strip():
-        raise ValueError("prompt must contain some text")
-    return prompt
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must contain some text, not only spaces")
+    return text
 
 
-Prompt = Annotated[
-    str, Field(min_length=1, max_length=PROMPT_MAX_CHARS), AfterValidator(_not_blank)
-]
+# A prompt or message: some text, up to PROMPT_MAX_CHARS.
+Text = Annotated[str, Field(min_length=1, max_length=PROMPT_MAX_CHARS), AfterValidator(_not_blank)]
 
 
 class CreateTaskRequest(BaseModel):
-    prompt: Prompt
+    prompt: Text
     agent: str = "assistant"
     max_steps: int | None = Field(default=None, ge=1, le=200)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -52,6 +51,12 @@ class CreateTaskRequest(BaseModel):
         if start_at is not None and start_at <= datetime.now(UTC):
             raise ValueError("start_at must be in the future")
         return start_at
+
+    session_id: str | None = Field(
+        default=None,
+        description="Post the prompt into this session of yours: its agent and earlier turns "
+        "apply, and its turns run one at a time.",
+    )
 
 
 class TaskCreated(BaseModel):
@@ -107,6 +112,7 @@ class AgentView(BaseModel):
     tools: list[str]
     max_steps: int
     max_tokens: int
+    context_tokens: int
 
 
 class ToolPreferenceRequest(BaseModel):
@@ -167,6 +173,59 @@ class NotificationView(BaseModel):
 class NotificationPage(BaseModel):
     items: list[NotificationView]
     next_cursor: str | None
+
+
+class CreateSessionRequest(BaseModel):
+    agent: str = "assistant"
+    title: str | None = Field(default=None, max_length=200)
+
+
+class SessionView(BaseModel):
+    id: str
+    agent: str
+    channel: str
+    title: str | None = Field(description="Given at creation, else the start of the first message.")
+    summary: str | None = Field(
+        description="The running summary of the turns too old to give Claude verbatim."
+    )
+    summary_through_turn: int = Field(description="The summary covers the turns up to this one.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionPage(BaseModel):
+    items: list[SessionView]
+    next_cursor: str | None
+
+
+class PostMessageRequest(BaseModel):
+    text: Text
+
+
+class MessagePosted(BaseModel):
+    task_id: str = Field(description="The task that will answer the message.")
+
+
+TurnState = Literal["queued", "running", "answered", "failed", "cancelled"]
+
+
+class TurnView(BaseModel):
+    """One message of a session and its answer."""
+
+    turn: int = Field(description="Its place in the session, from 1.")
+    task_id: str
+    state: TurnState
+    task_status: TaskStatus = Field(description="The answering task's own status.")
+    text: str = Field(description="The user's message.")
+    answer: str | None = Field(description="The answer, once there is one.")
+    error: str | None
+    fresh_context: bool = Field(description="Claude saw no turn before this one.")
+    created_at: datetime
+
+
+class TurnPage(BaseModel):
+    items: list[TurnView]
+    next_after: int | None = Field(description="Pass as `after` for the next page.")
 
 
 class TelegramLinkCode(BaseModel):

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from schemas.agent_task import TaskStatus
-from schemas.api import Prompt
+from schemas.api import Text
 
 MIN_INTERVAL = timedelta(minutes=1)
 _EVERY = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
@@ -101,7 +101,7 @@ class _Timing(BaseModel):
 
 class CreateScheduleRequest(_Timing):
     name: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
-    prompt: Prompt
+    prompt: Text
     agent: str = "assistant"
     paused: bool = Field(default=False, description="Create it paused.")
 
@@ -116,7 +116,7 @@ class UpdateScheduleRequest(_Timing):
     """Only the fields given change; setting `cron` replaces `every` and the reverse."""
 
     name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX_CHARS)
-    prompt: Prompt | None = None
+    prompt: Text | None = None
     agent: str | None = None
     paused: bool | None = None
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import BigInteger, Column, DateTime, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -202,6 +202,30 @@ class Schedule(SQLModel, table=True):
     updated_at: datetime = _timestamp()
 
 
+class ChatSession(SQLModel, table=True):
+    """One conversation (web or Telegram): its owner, its agent, and the running summary of
+    the turns too old to give Claude verbatim."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_user_id_created_at", "user_id", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    user_id: str = Field(foreign_key="users.id")
+    agent: str
+    channel: str
+    title: str | None = None
+    summary: str | None = None
+    summary_from_seq: int | None = Field(
+        default=None, description="The first turn of the conversation the summary belongs to."
+    )
+    summary_through_seq: int = Field(default=0, description="The summary covers turns up to it.")
+    new_context_pending: bool = Field(
+        default=False, description="The next message starts a fresh conversation."
+    )
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
 class AuditLog(SQLModel, table=True):
     """Who changed what, when: one row per change to a user's resources."""
 
@@ -213,6 +237,23 @@ class AuditLog(SQLModel, table=True):
     resource_type: str
     resource_id: str = Field(index=True)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _timestamp()
+
+
+class SessionTurn(SQLModel, table=True):
+    """One user message of a session, in arrival order, and the task that answers it: the
+    task's prompt, status and result are the turn's text, state and answer."""
+
+    __tablename__ = "session_turns"
+    __table_args__ = (UniqueConstraint("session_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="sessions.id")
+    seq: int
+    task_id: str = Field(foreign_key="tasks.id", unique=True)
+    fresh_context: bool = Field(
+        default=False, description="Claude sees no turn before this one (a fresh conversation)."
+    )
     created_at: datetime = _timestamp()
 
 

@@ -11,7 +11,6 @@ import contextlib
 import secrets
 from datetime import timedelta
 from urllib.parse import urlparse
-from uuid import uuid4
 
 import structlog
 import uvicorn
@@ -43,25 +42,27 @@ from temporalio.service import RPCError
 from activities import events
 from core.channels import TELEGRAM, LinkRefused, linked_user, redeem_link_code, unlink
 from core.db import create_engine, session_factory, session_scope
+from core.session_client import SessionNotFound, post_message, start_new_conversation
 from core.settings import Settings
-from core.task_control import (
-    TaskUpdateRefused,
-    answer_question,
-    cancel_task,
-    decide_approval,
-    start_task,
-    task_workflow_id,
-)
+from core.task_control import TaskUpdateRefused, answer_question, cancel_task, decide_approval
 from core.temporal import connect_temporal
 from schemas.agent_task import (
     TERMINAL_STATUSES,
     AnswerQuestionInput,
     DecideApprovalInput,
-    StartAgentTaskInput,
     TaskStatus,
 )
-from schemas.tables import Approval, Task, TaskEvent, TelegramMessage, TelegramUpdate, User, utcnow
-from workflows.agent_task import AgentTaskWorkflow
+from schemas.tables import (
+    Approval,
+    SessionTurn,
+    Task,
+    TaskEvent,
+    TelegramMessage,
+    TelegramUpdate,
+    User,
+    utcnow,
+)
+from workflows.agent_task import AgentTaskWorkflow, task_workflow_id
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +93,11 @@ HELP = (
     + "\n".join(f"/{command.command} - {command.description}" for command in COMMANDS)
     + "\n\nWhen your agent wants to do something risky you get Approve / Reject buttons; "
     "when it asks you something, reply to its question."
+)
+
+OTHER_ACCOUNT = (
+    "This chat's conversation belongs to the Keel account it was linked to before, so I "
+    "can't continue it for this one."
 )
 
 UNAVAILABLE = "Keel can't reach its task service right now; please try again in a minute."
@@ -236,9 +242,22 @@ class KeelBot:
             return
         if await self._answered_question(update, message.text):
             return
-        task_id = await start_turn(
-            self._sessions, self._client, self._settings, user, _chat(update).id, message.text
-        )
+        try:
+            task_id = await post_message(
+                self._client,
+                self._sessions,
+                self._settings,
+                session_id=chat_session_id(_chat(update).id),
+                user_id=user.id,
+                text=message.text,
+                channel=TELEGRAM,
+            )
+        except SessionNotFound:
+            await _chat(update).send_message(OTHER_ACCOUNT)
+            return
+        except ValueError as exc:  # e.g. longer than a message may be
+            await _chat(update).send_message(f"I can't take that message: {exc}")
+            return
         context.application.create_task(
             self._typing_while_running(context.application, _chat(update), task_id),
             name=f"typing for task {task_id}",
@@ -303,24 +322,35 @@ class KeelBot:
                 return
 
     async def _new(self, update: Update, _: ContextTypes.DEFAULT_TYPE) -> None:
-        user = await self._owner(update)
-        if user is not None:
-            await new_conversation(self._client, self._settings, user, _chat(update).id)
-            await _chat(update).send_message("New conversation: I'll start afresh from here.")
-
-    async def _stop(self, update: Update, _: ContextTypes.DEFAULT_TYPE) -> None:
-        """Cancel this user's newest unfinished Telegram task."""
+        """The chat's next messages are answered without the turns before them."""
         user = await self._owner(update)
         if user is None:
             return
+        try:
+            await start_new_conversation(
+                self._sessions, session_id=chat_session_id(_chat(update).id), user_id=user.id
+            )
+        except SessionNotFound:
+            await _chat(update).send_message(OTHER_ACCOUNT)
+            return
+        await _chat(update).send_message("New conversation: I'll start afresh from here.")
+
+    async def _stop(self, update: Update, _: ContextTypes.DEFAULT_TYPE) -> None:
+        """Cancel the turn this chat's conversation is answering (messages waiting behind
+        it then get their turn)."""
+        user = await self._owner(update)
+        if user is None:
+            return
+        not_running = [status.value for status in (*TERMINAL_STATUSES, TaskStatus.QUEUED)]
         async with session_scope(self._sessions) as session:
             running = (
                 await session.exec(
                     select(Task.id)
+                    .join(SessionTurn, col(SessionTurn.task_id) == col(Task.id))
                     .where(
+                        SessionTurn.session_id == chat_session_id(_chat(update).id),
                         Task.user_id == user.id,
-                        Task.channel == TELEGRAM,
-                        col(Task.status).not_in([s.value for s in TERMINAL_STATUSES]),
+                        col(Task.status).not_in(not_running),
                     )
                     .order_by(col(Task.created_at).desc())
                 )
@@ -395,31 +425,10 @@ class KeelBot:
         log.info("approval decided in telegram", approval_id=approval_id, decision=action)
 
 
-# --- conversation wiring: the one place a chat message becomes agent work -------------
-
-
-async def start_turn(
-    sessions: async_sessionmaker[AsyncSession],
-    client: Client,
-    settings: Settings,
-    user: User,
-    chat_id: int,
-    text: str,
-) -> str:
-    """Start the agent on `text` for the chat's user and return the task's id: a task of
-    its own on channel `telegram`, started as POST /v1/tasks starts one; its answer comes
-    back to the chat through the notification service."""
-    task = StartAgentTaskInput(task_id=str(uuid4()), user_id=user.id, prompt=text, channel=TELEGRAM)
-    async with session_scope(sessions) as session:
-        await start_task(
-            session, client, task, settings.task_queue, f"{user.name} (Telegram): {text[:80]}"
-        )
-    return task.task_id
-
-
-async def new_conversation(client: Client, settings: Settings, user: User, chat_id: int) -> None:
-    """Start the chat's conversation afresh. Every turn is a task of its own today, with
-    no earlier context, so there is nothing to reset."""
+def chat_session_id(chat_id: int) -> str:
+    """The chat's conversation: session `telegram-<chat id>`, answered by the workflow
+    `session-telegram-<chat id>`."""
+    return f"telegram-{chat_id}"
 
 
 # --- process ---------------------------------------------------------------------------

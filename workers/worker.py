@@ -25,6 +25,7 @@ from core.temporal import connect_temporal
 from workflows.agent_task import AgentTaskWorkflow
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
+from workflows.session import SessionWorkflow
 from workflows.telegram_delivery import TelegramDeliveryWorkflow
 
 log = structlog.get_logger(__name__)
@@ -71,7 +72,13 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        workflows=[AgentTaskWorkflow, ScheduledRunWorkflow, ReminderWorkflow, *telegram_workflows],
+        workflows=[
+            AgentTaskWorkflow,
+            ScheduledRunWorkflow,
+            ReminderWorkflow,
+            SessionWorkflow,
+            *telegram_workflows,
+        ],
         activities=[
             store.begin_task,
             store.record_tool_result,
@@ -82,6 +89,9 @@ def build_worker(
             llm.call_model,
             tool_runner.run_tool,
             notify.notify,
+            store.record_session_message,
+            store.cancel_queued_tasks,
+            llm.fold_session_context,
             *telegram_activities,
         ],
         **worker_options,

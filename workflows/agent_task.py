@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         ToolPolicy,
     )
     from schemas.search_attributes import PHASE
+    from schemas.session import FoldContextInput
     from workflows.timeouts import (
         LLM_HEARTBEAT_TIMEOUT,
         LLM_RETRY,
@@ -56,6 +57,10 @@ INTERACTIVE_CHANNEL = "api"
 
 # The prompt is transcript row 0; each model reply and each tool result takes the next.
 FIRST_REPLY_SEQ = 1
+
+
+def task_workflow_id(task_id: str) -> str:
+    return f"task-{task_id}"
 
 
 def _error_message(error: BaseException) -> str:
@@ -147,6 +152,17 @@ class AgentTaskWorkflow:
             summary="record the task and resolve its agent",
         )
         try:
+            if task.session_id is not None and plan.context_tokens is not None:
+                self._progress.usage += await workflow.execute_activity_method(
+                    LlmActivities.fold_session_context,
+                    FoldContextInput(
+                        task_id=task.task_id, model=plan.model, context_tokens=plan.context_tokens
+                    ),
+                    start_to_close_timeout=LLM_TIMEOUT,
+                    heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
+                    retry_policy=LLM_RETRY,
+                    summary="fold older turns of the session into its summary",
+                )
             await self._loop(task, plan)
         except (ActivityError, asyncio.CancelledError) as error:
             if not is_cancelled_exception(error):
@@ -255,6 +271,7 @@ class AgentTaskWorkflow:
                     tool_names=list(grants),
                     max_output_tokens=plan.max_output_tokens,
                     assistant_seq=seq,
+                    context_tokens=plan.context_tokens,
                 ),
                 start_to_close_timeout=LLM_TIMEOUT,
                 heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,

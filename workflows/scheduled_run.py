@@ -1,14 +1,13 @@
 """ScheduledRunWorkflow: one firing of a schedule, running its agent task to the end."""
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 with workflow.unsafe.imports_passed_through():
     from schemas import search_attributes
     from schemas.agent_task import StartAgentTaskInput, TaskStatus
     from schemas.schedules import ScheduledRunInput, ScheduledRunResult
 
-from workflows.agent_task import AgentTaskWorkflow
+from workflows.agent_task import AgentTaskWorkflow, task_workflow_id
 
 SCHEDULED_CHANNEL = "scheduled"
 
@@ -31,14 +30,9 @@ class ScheduledRunWorkflow:
         result = await workflow.execute_child_workflow(
             AgentTaskWorkflow.run,
             task,
-            id=f"task-{task.task_id}",
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(search_attributes.USER_ID, run.user_id),
-                    SearchAttributePair(search_attributes.CHANNEL, SCHEDULED_CHANNEL),
-                    SearchAttributePair(search_attributes.AGENT, run.agent),
-                    SearchAttributePair(search_attributes.PHASE, TaskStatus.RUNNING.value),
-                ]
+            id=task_workflow_id(task.task_id),
+            search_attributes=search_attributes.of_work(
+                run.user_id, SCHEDULED_CHANNEL, run.agent, TaskStatus.RUNNING.value
             ),
             static_summary=f"schedule {run.schedule_id}: {run.prompt[:80]}",
         )

@@ -36,6 +36,7 @@ async def list_agents(agents: Agents, settings: AppSettings, _user: CurrentUser)
             tools=profile.tools,
             max_steps=profile.max_steps or settings.default_max_steps,
             max_tokens=profile.max_tokens or settings.default_max_tokens,
+            context_tokens=profile.context_tokens or settings.default_context_tokens,
         )
         for profile in agents.all()
     ]

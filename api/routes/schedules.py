@@ -22,9 +22,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Agents, AppSettings, CurrentUser, DbSession, TemporalClient
+from api.deps import Agents, AppSettings, CurrentUser, DbSession, TemporalClient, require_agent
 from api.paging import newest_first
-from api.routes.tasks import require_agent
 from api.schedules import owner_attributes, schedule_view, temporal_id, temporal_schedule
 from core.audit import audit
 from schemas.schedules import (

@@ -6,20 +6,34 @@ from uuid import uuid4
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from sqlmodel import col, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
 from temporalio.common import Priority
 from temporalio.service import RPCError
 
-from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
+from api.deps import (
+    Agents,
+    AppSettings,
+    CurrentUser,
+    DbSession,
+    DbSessions,
+    ServiceUnavailable,
+    TemporalClient,
+    require_agent,
+)
 from api.events import event_stream
 from api.paging import newest_first
 from api.progress import live_progress
-from core.agents import AgentCatalog, UnknownAgent
-from core.task_control import TaskUpdateRefused, start_task
+from core.records import insert_task_row
+from core.session_client import drop_waiting_message, owned_session, post_message
+from core.settings import Settings
+from core.task_control import TaskUpdateRefused
 from core.task_control import answer_question as answer_question_update
 from core.task_control import cancel_task as cancel_task_workflow
 from core.task_control import decide_approval as decide_approval_update
+from schemas import search_attributes
 from schemas.agent_task import (
     TERMINAL_STATUSES,
     AnswerQuestionInput,
@@ -42,6 +56,8 @@ from schemas.api import (
     TaskView,
 )
 from schemas.tables import Task, User
+from workflows.agent_task import AgentTaskWorkflow
+from workflows.agent_task import task_workflow_id as workflow_id
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -83,28 +99,21 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
     )
 
 
-def require_agent(agents: AgentCatalog, name: str) -> None:
-    """422 naming `agent` unless `name` is one of the agent profiles."""
-    try:
-        agents.get(name)
-    except UnknownAgent:
-        names = ", ".join(profile.name for profile in agents.all())
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"agent: unknown agent {name!r}; known agents: {names}",
-        ) from None
-
-
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskCreated)
 async def create_task(
     body: CreateTaskRequest,
     user: CurrentUser,
     session: DbSession,
+    sessions: DbSessions,
     client: TemporalClient,
     settings: AppSettings,
     agents: Agents,
 ) -> TaskCreated:
-    """Start an agent task (at `start_at`, if given); follow it with GET /v1/tasks/{id}."""
+    """Start an agent task (at `start_at`, if given); follow it with GET /v1/tasks/{id}.
+    With `session_id`, the prompt is posted into that session, and the task answers it in
+    its turn."""
+    if body.session_id is not None:
+        return await _post_into_session(body, user, session, client, sessions, settings)
     require_agent(agents, body.agent)
     task = StartAgentTaskInput(
         task_id=str(uuid4()),
@@ -117,19 +126,62 @@ async def create_task(
         notify=body.notify,
         start_at=body.start_at,
     )
-    priority = Priority(priority_key=body.priority) if body.priority else Priority.default
+    initial = TaskStatus.SCHEDULED if body.start_at is not None else TaskStatus.RUNNING
+    # The row first, so the task is listed and owned the moment it exists; removed again
+    # if Temporal refuses the start, so nothing half-written is left behind.
+    await insert_task_row(session, task)
+    await session.commit()
     try:
-        initial = await start_task(
-            session,
-            client,
+        await client.start_workflow(
+            AgentTaskWorkflow.run,
             task,
-            settings.task_queue,
-            f"{user.name}: {body.prompt[:80]}",
-            priority=priority,
+            id=workflow_id(task.task_id),
+            task_queue=settings.task_queue,
+            search_attributes=search_attributes.of_work(
+                user.id, task.channel, task.agent, initial.value
+            ),
+            static_summary=f"{user.name}: {body.prompt[:80]}",
+            priority=Priority(priority_key=body.priority) if body.priority else Priority.default,
         )
     except RPCError as exc:
+        await session.exec(delete(Task).where(col(Task.id) == task.task_id))
+        await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
     return TaskCreated(id=task.task_id, status=initial)
+
+
+# What a session decides for its turns: a task posted into one cannot set them.
+_SESSION_DECIDES = ("agent", "max_steps", "max_tokens", "notify", "start_at", "priority")
+# Tasks whose workflow has not begun them: their row is all there is to show.
+_NOT_BEGUN = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED})
+
+
+async def _post_into_session(
+    body: CreateTaskRequest,
+    user: User,
+    session: AsyncSession,
+    client: Client,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> TaskCreated:
+    assert body.session_id is not None
+    for field in _SESSION_DECIDES:
+        if field in body.model_fields_set:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{field}: not with session_id; the session's agent and budgets apply",
+            )
+    await owned_session(session, body.session_id, user.id)
+    task_id = await post_message(
+        client,
+        sessions,
+        settings,
+        session_id=body.session_id,
+        user_id=user.id,
+        text=body.prompt,
+        channel="api",
+    )
+    return TaskCreated(id=task_id, status=TaskStatus.QUEUED)
 
 
 async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
@@ -146,7 +198,7 @@ async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
 async def get_task(task_id: str, user: CurrentUser, session: DbSession) -> TaskView:
     """A task's status, steps, plan, usage and result; another user's task answers 404."""
     task = await owned_task(session, task_id, user)
-    if task.status in TERMINAL_STATUSES or task.status == TaskStatus.SCHEDULED:
+    if task.status in TERMINAL_STATUSES or task.status in _NOT_BEGUN:
         return _view(task)
     return _view(task, await live_progress(session, task))
 
@@ -176,10 +228,13 @@ async def cancel_task(
     task_id: str, user: CurrentUser, session: DbSession, client: TemporalClient
 ) -> TaskCancelled:
     """Cancel a running task: a Claude call in flight is stopped, and the task ends
-    `cancelled`. A task that already ended answers 409."""
+    `cancelled`. A session's message still waiting for its turn is dropped at once. A task
+    that already ended answers 409."""
     task = await owned_task(session, task_id, user)
     if task.status in TERMINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already ended {task.status}")
+    if task.status == TaskStatus.QUEUED and await drop_waiting_message(client, session, task.id):
+        return TaskCancelled(id=task.id, status=TaskStatus.CANCELLED.value)
     try:
         cancelled = await cancel_task_workflow(client, task.id)
     except RPCError as exc:

@@ -1,7 +1,7 @@
 """schedules, audit logs, task start times
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0005'
-down_revision: str | None = '0003'
+down_revision: str | None = '0004'
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
