@@ -199,6 +199,36 @@ async def test_a_message_gets_the_agents_answer_in_the_chat(
     )
 
 
+async def test_the_chat_is_one_conversation_until_new(
+    api: httpx.AsyncClient,
+    bot: None,
+    fake_telegram: FakeTelegram,
+    fake_claude: FakeAnthropic,
+    temporal_client: Client,
+    make_account: MakeAccount,
+) -> None:
+    ann = await make_account()
+    chat = new_chat()
+    await link(api, fake_telegram, ann, chat)
+    fake_claude.script(text("Nice to meet you, Ann."), text("You are Ann."), text("No idea."))
+
+    fake_telegram.user_says(chat, "My name is Ann.")
+    await fake_telegram.wait_for_message(chat, "Nice to meet you")
+    fake_telegram.user_says(chat, "What is my name?")
+    await fake_telegram.wait_for_message(chat, "You are Ann.")
+    assert "My name is Ann." in json.dumps(fake_claude.requests[1]["messages"])
+
+    fake_telegram.user_says(chat, "/new")
+    await fake_telegram.wait_for_message(chat, "New conversation")
+    fake_telegram.user_says(chat, "What is my name, now?")
+    await fake_telegram.wait_for_message(chat, "No idea.")
+    assert "My name is Ann." not in json.dumps(fake_claude.requests[2]["messages"])
+
+    session = (await api.get(f"/v1/sessions/telegram-{chat}", headers=ann.headers)).json()
+    assert session["channel"] == "telegram"
+    await assert_replays(temporal_client.get_workflow_handle(f"session-telegram-{chat}"))
+
+
 async def test_approve_in_the_chat_runs_the_tool_and_the_answer_arrives(
     api: httpx.AsyncClient,
     bot: None,

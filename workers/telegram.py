@@ -1,7 +1,8 @@
 """`keel telegram`: the Telegram bot, python-telegram-bot over long polling (or a webhook).
 
-Inbound only: it links chats, turns messages into agent work, and sends approvals and
-answers into the running tasks through the same code path as the REST API. Everything the
+Inbound only: it links chats, posts their messages into each chat's session
+(`telegram-<chat id>`), and sends approvals and answers into the running tasks through the
+same code path as the REST API. Everything the
 agent says back arrives through the notification service (`TelegramDeliveryWorkflow`).
 The bot keeps no per-user state in memory: links, seen updates and sent messages are in
 Postgres, so any number of restarts (or a webhook behind several replicas) behave alike."""
