@@ -75,6 +75,24 @@ async def bot(
         yield
 
 
+class LinkedChat:
+    """A user and the chat they linked to Keel."""
+
+    def __init__(self, account: Account, chat: int) -> None:
+        self.account = account
+        self.chat = chat
+
+
+@pytest.fixture
+async def linked(
+    api: httpx.AsyncClient, bot: None, fake_telegram: FakeTelegram, make_account: MakeAccount
+) -> LinkedChat:
+    """A new user who has linked a new chat, with the bot running."""
+    linked = LinkedChat(await make_account(), new_chat())
+    await link(api, fake_telegram, linked.account, linked.chat)
+    return linked
+
+
 def new_chat() -> int:
     return random.randrange(10**8, 10**10)
 
@@ -167,16 +185,14 @@ async def test_link_codes_work_once_expire_and_are_stored_hashed(
 
 async def test_a_message_gets_the_agents_answer_in_the_chat(
     api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
     temporal_client: Client,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat, prompt = new_chat(), f"What time is it? {uuid.uuid4()}"
-    await link(api, fake_telegram, ann, chat)
+    ann, chat = linked.account, linked.chat
+    prompt = f"What time is it? {uuid.uuid4()}"
     fake_claude.script(text("It is noon, Ann."))
 
     fake_telegram.user_says(chat, prompt)
@@ -201,15 +217,12 @@ async def test_a_message_gets_the_agents_answer_in_the_chat(
 
 async def test_the_chat_is_one_conversation_until_new(
     api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     temporal_client: Client,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat = new_chat()
-    await link(api, fake_telegram, ann, chat)
+    ann, chat = linked.account, linked.chat
     fake_claude.script(text("Nice to meet you, Ann."), text("You are Ann."), text("No idea."))
 
     fake_telegram.user_says(chat, "My name is Ann.")
@@ -276,17 +289,14 @@ async def test_approve_in_the_chat_runs_the_tool_and_the_answer_arrives(
 
 
 async def test_the_agents_question_is_answered_by_replying(
-    api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
     temporal_client: Client,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat, prompt = new_chat(), f"paint the fence {uuid.uuid4()}"
-    await link(api, fake_telegram, ann, chat)
+    chat = linked.chat
+    prompt = f"paint the fence {uuid.uuid4()}"
     fake_claude.script(
         tool_use(ToolCall("ask_user", {"question": "Which colour?"})), text("Green it is.")
     )
@@ -302,17 +312,14 @@ async def test_the_agents_question_is_answered_by_replying(
 
 
 async def test_telegram_flood_control_is_waited_out_and_the_answer_arrives_once(
-    api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
     temporal_client: Client,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat, prompt = new_chat(), f"hello {uuid.uuid4()}"
-    await link(api, fake_telegram, ann, chat)
+    chat = linked.chat
+    prompt = f"hello {uuid.uuid4()}"
     fake_claude.script(text("Still here."))
     fake_telegram.flood(1, retry_after=2)
 
@@ -338,16 +345,14 @@ async def test_telegram_flood_control_is_waited_out_and_the_answer_arrives_once(
 
 async def test_a_chat_that_blocked_the_bot_loses_nothing(
     api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
     temporal_client: Client,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat, prompt = new_chat(), f"remind me {uuid.uuid4()}"
-    await link(api, fake_telegram, ann, chat)
+    ann, chat = linked.account, linked.chat
+    prompt = f"remind me {uuid.uuid4()}"
     fake_claude.script(text("Buy milk."))
     fake_telegram.block(chat)
 
@@ -370,16 +375,13 @@ async def test_a_chat_that_blocked_the_bot_loses_nothing(
 
 
 async def test_a_redelivered_update_is_handled_once(
-    api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat, prompt = new_chat(), f"only once {uuid.uuid4()}"
-    await link(api, fake_telegram, ann, chat)
+    chat = linked.chat
+    prompt = f"only once {uuid.uuid4()}"
     fake_claude.respond_with(lambda _body: text("One answer."))
 
     message = fake_telegram.user_says(chat, prompt)
@@ -395,15 +397,13 @@ async def test_a_redelivered_update_is_handled_once(
 
 async def test_stop_cancels_the_running_answer(
     api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat, prompt = new_chat(), f"think hard {uuid.uuid4()}"
-    await link(api, fake_telegram, ann, chat)
+    ann, chat = linked.account, linked.chat
+    prompt = f"think hard {uuid.uuid4()}"
     fake_claude.script(hang(60))
 
     fake_telegram.user_says(chat, prompt)
@@ -418,14 +418,11 @@ async def test_stop_cancels_the_running_answer(
 
 async def test_notifications_of_other_tasks_reach_the_linked_chat(
     api: httpx.AsyncClient,
-    bot: None,
     fake_telegram: FakeTelegram,
     fake_claude: FakeAnthropic,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat = new_chat()
-    await link(api, fake_telegram, ann, chat)
+    ann, chat = linked.account, linked.chat
     fake_claude.script(text("The report is ready."))
     created = await api.post(
         "/v1/tasks", json={"prompt": "weekly report", "notify": True}, headers=ann.headers
@@ -436,16 +433,12 @@ async def test_notifications_of_other_tasks_reach_the_linked_chat(
 
 
 async def test_a_reminder_arrives_in_the_linked_chat(
-    api: httpx.AsyncClient,
-    bot: None,
     worker: Worker,
     fake_telegram: FakeTelegram,
     temporal_client: Client,
-    make_account: MakeAccount,
+    linked: LinkedChat,
 ) -> None:
-    ann = await make_account()
-    chat = new_chat()
-    await link(api, fake_telegram, ann, chat)
+    ann, chat = linked.account, linked.chat
     reminder = await temporal_client.start_workflow(
         ReminderWorkflow.run,
         ReminderInput(user_id=ann.id, remind_at=utcnow(), text="water the plants"),
