@@ -45,6 +45,7 @@ class FakeTelegram:
         self.calls: list[str] = []  # every method called, in order
         self.commands: list[dict[str, str]] = []  # the bot's command menu
         self._flood_left = 0
+        self._flood_after = 0
         self._blocked: set[int] = set()
         self._retry_after = 1
         self._updates: list[dict[str, Any]] = []
@@ -134,9 +135,11 @@ class FakeTelegram:
         """The user blocks the bot: sending to `chat_id` answers 403 from now on."""
         self._blocked.add(chat_id)
 
-    def flood(self, count: int, retry_after: int = 1) -> None:
-        """Answer the next `count` sendMessage calls with 429 and this `retry_after`."""
+    def flood(self, count: int, retry_after: int = 1, after: int = 0) -> None:
+        """Answer `count` sendMessage calls with 429 and this `retry_after`, once `after`
+        more messages have gone through."""
         self._flood_left = count
+        self._flood_after = after
         self._retry_after = retry_after
 
     # --- what tests check ---------------------------------------------------------------
@@ -230,7 +233,9 @@ class FakeTelegram:
         return _ok(True)
 
     def _send_message(self, params: dict[str, Any]) -> JSONResponse:
-        if self._flood_left > 0:
+        if self._flood_left > 0 and self._flood_after > 0:
+            self._flood_after -= 1
+        elif self._flood_left > 0:
             self._flood_left -= 1
             self.flood_refusals += 1
             return _error(

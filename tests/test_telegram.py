@@ -343,6 +343,24 @@ async def test_telegram_flood_control_is_waited_out_and_the_answer_arrives_once(
     await assert_replays(delivery)
 
 
+async def test_a_retry_after_a_partly_sent_answer_sends_only_the_rest(
+    fake_telegram: FakeTelegram,
+    fake_claude: FakeAnthropic,
+    linked: LinkedChat,
+) -> None:
+    chat = linked.chat
+    answer = "\n".join(f"line {number}: " + "x" * 90 for number in range(60))  # two parts
+    fake_claude.script(text(answer))
+    fake_telegram.flood(1, retry_after=1, after=1)  # the second part meets flood control
+
+    fake_telegram.user_says(chat, f"a long story {uuid.uuid4()}")
+    await fake_telegram.wait_for_message(chat, "line 59:")
+    assert fake_telegram.flood_refusals == 1
+    parts = [m["text"] for m in fake_telegram.messages_to(chat)][1:]  # after "Linked"
+    assert len(parts) == 2 and parts[0].startswith("line 0:")  # the first part only once
+    assert "\n".join(parts) == answer
+
+
 async def test_a_chat_that_blocked_the_bot_loses_nothing(
     api: httpx.AsyncClient,
     fake_telegram: FakeTelegram,
