@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
 from activities.notify import NotifyActivities
+from activities.sessions import SessionActivities
 from activities.store import StoreActivities
 from activities.tools import ToolActivities
 from core.agents import AgentCatalog
@@ -56,6 +57,7 @@ def build_worker(
     llm = LlmActivities(claude, sessions, tools)
     tool_runner = ToolActivities(sessions, tools)
     notify = NotifyActivities(sessions)
+    session_posts = SessionActivities(sessions, settings)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -75,6 +77,7 @@ def build_worker(
             store.record_session_message,
             store.cancel_queued_tasks,
             llm.fold_session_context,
+            session_posts.post_to_session,
         ],
         **worker_options,
     )
