@@ -47,7 +47,11 @@ def temporal_schedule(row: ScheduleRow, settings: Settings, state: ScheduleState
     action = ScheduleActionStartWorkflow(
         ScheduledRunWorkflow.run,
         ScheduledRunInput(
-            schedule_id=row.id, user_id=row.user_id, prompt=row.prompt, agent=row.agent
+            schedule_id=row.id,
+            user_id=row.user_id,
+            prompt=row.prompt,
+            agent=row.agent,
+            session_id=row.session_id,
         ),
         id=f"scheduled-run-{row.id}",
         task_queue=settings.task_queue,
@@ -79,6 +83,7 @@ def schedule_view(row: ScheduleRow, description: ScheduleDescription) -> Schedul
         cron=row.cron,
         every=row.every,
         timezone=row.timezone,
+        session_id=row.session_id,
         paused=paused,
         # A paused schedule does not fire, whatever Temporal computes for its spec.
         next_runs=[]

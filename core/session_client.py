@@ -69,6 +69,7 @@ async def post_message(
     text: str,
     channel: str,
     agent: str | None = None,
+    task_id: str | None = None,
 ) -> str:
     """Post the user's message into the session and return the id of the task that will
     answer it (GET /v1/tasks/{id} shows it at once, `queued` until its turn comes).
@@ -79,10 +80,11 @@ async def post_message(
     started if it is not running (first message, or it closed after being idle) in the same
     request that delivers the message, so no message is lost to a closing session. Empty
     or overlong text raises ValueError (pydantic's ValidationError is one) before anything
-    is written."""
+    is written. A caller that may retry passes its own `task_id`: the same message posted
+    twice with it is queued once."""
     if not text.strip():
         raise ValueError("text: the message is empty")
-    message = SessionMessage(task_id=str(uuid4()), text=text, channel=channel)
+    message = SessionMessage(task_id=task_id or str(uuid4()), text=text, channel=channel)
     chat = await _get_or_create(db, session_id, user_id, channel, agent or DEFAULT_AGENT)
     start = WithStartWorkflowOperation(
         SessionWorkflow.run,
@@ -99,13 +101,13 @@ async def post_message(
         search_attributes=search_attributes.of_work(chat.user_id, chat.channel, chat.agent),
         static_summary=f"session {chat.title or chat.id}",
     )
-    task_id: str = await client.execute_update_with_start_workflow(
+    answered_by: str = await client.execute_update_with_start_workflow(
         SessionWorkflow.post_message,
         message,
         start_workflow_operation=start,
         id=f"message-{message.task_id}",
     )
-    return task_id
+    return answered_by
 
 
 async def drop_waiting_message(client: Client, session: AsyncSession, task_id: str) -> bool:

@@ -25,6 +25,20 @@ class ScheduledRunInput(BaseModel):
     user_id: str
     prompt: str
     agent: str = "assistant"
+    session_id: str | None = Field(
+        default=None, description="Post the prompt into this session instead of a new task."
+    )
+
+
+class PostToSessionInput(BaseModel):
+    """A scheduled message for a session: `task_id` is chosen by the caller, so a retried
+    post is queued once."""
+
+    session_id: str
+    user_id: str
+    text: str
+    task_id: str
+    channel: str
 
 
 class ScheduledRunResult(BaseModel):
@@ -104,11 +118,18 @@ class CreateScheduleRequest(_Timing):
     prompt: Text
     agent: str = "assistant"
     paused: bool = Field(default=False, description="Create it paused.")
+    session_id: str | None = Field(
+        default=None,
+        description="Post the prompt into this session of yours at each firing (the session's "
+        "agent answers, with its context) instead of starting a task of its own.",
+    )
 
     @model_validator(mode="after")
     def one_of_them(self) -> Self:
         if self.cron is None and self.every is None:
             raise ValueError("cron, every: give one of them (e.g. cron `0 9 * * *` or every `1h`)")
+        if self.session_id is not None and "agent" in self.model_fields_set:
+            raise ValueError("agent: not with session_id; the session's agent answers")
         return self
 
 
@@ -129,6 +150,7 @@ class ScheduleView(BaseModel):
     cron: str | None
     every: str | None
     timezone: str
+    session_id: str | None = Field(default=None, description="The session it posts into.")
     paused: bool
     next_runs: list[datetime] = Field(description="The next few firings, in `timezone`.")
     runs: int = Field(description="How many times it has fired.")

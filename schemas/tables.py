@@ -198,6 +198,7 @@ class Schedule(SQLModel, table=True):
     cron: str | None = None
     every: str | None = None
     timezone: str
+    session_id: str | None = Field(default=None, foreign_key="sessions.id")
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 

@@ -273,6 +273,81 @@ async def test_triggered_schedule_runs_its_task_and_the_result_lands_in_the_inbo
     await assert_replays(child)
 
 
+async def test_a_schedule_can_post_into_a_session(
+    api: httpx.AsyncClient,
+    worker: Worker,
+    temporal_client: Client,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    alice, mallory = await make_account(), await make_account()
+    fake_claude.script(text("We spoke about the garden."), text("Water the tomatoes today."))
+    chat = (await api.post("/v1/sessions", json={}, headers=alice.headers)).json()
+    first = await api.post(
+        f"/v1/sessions/{chat['id']}/messages",
+        json={"text": "Remember my garden"},
+        headers=alice.headers,
+    )
+    assert first.status_code == 202, first.text
+    await wait_until_finished(api, first.json()["task_id"], alice.headers)
+
+    refused = await api.post(
+        "/v1/schedules",
+        json={"name": "x", "prompt": "x", "cron": ONCE_A_YEAR, "session_id": chat["id"]},
+        headers=mallory.headers,
+    )
+    assert refused.status_code == 404
+    with_agent = await api.post(
+        "/v1/schedules",
+        json={
+            "name": "x",
+            "prompt": "x",
+            "cron": ONCE_A_YEAR,
+            "session_id": chat["id"],
+            "agent": "assistant",
+        },
+        headers=alice.headers,
+    )
+    assert with_agent.status_code == 422 and "agent" in with_agent.text
+    created = await create(
+        api,
+        alice,
+        prompt="What should I do in the garden?",
+        cron=ONCE_A_YEAR,
+        session_id=chat["id"],
+    )
+    assert created["session_id"] == chat["id"]
+
+    triggered = await api.post(f"/v1/schedules/{created['id']}/trigger", headers=alice.headers)
+    assert triggered.status_code == 202, triggered.text
+
+    async def answered_turns() -> list[dict[str, Any]]:
+        response = await api.get(f"/v1/sessions/{chat['id']}/messages", headers=alice.headers)
+        turns: list[dict[str, Any]] = response.json()["items"]
+        return turns if [turn["state"] for turn in turns] == ["answered", "answered"] else []
+
+    turns = await eventually(answered_turns, what="the scheduled message's answer")
+    assert [turn["text"] for turn in turns] == [
+        "Remember my garden",
+        "What should I do in the garden?",
+    ]
+    assert turns[1]["answer"] == "Water the tomatoes today."
+    # The scheduled turn was answered with the session's context...
+    assert "We spoke about the garden." in str(fake_claude.requests[1]["messages"])
+    # ...and its answer was delivered to the inbox, as every scheduled result is.
+    inbox = (await api.get("/v1/notifications", headers=alice.headers)).json()["items"]
+    assert [(n["kind"], n["task_id"]) for n in inbox] == [("task_completed", turns[1]["task_id"])]
+
+    description = await temporal_client.get_schedule_handle(
+        f"schedule-{alice.id}-{created['id']}"
+    ).describe()
+    started = description.info.recent_actions[-1].action
+    assert isinstance(started, ScheduleActionExecutionStartWorkflow)
+    run = temporal_client.get_workflow_handle_for(ScheduledRunWorkflow.run, started.workflow_id)
+    assert (await run.result()).task_id == turns[1]["task_id"]
+    await assert_replays(run)
+
+
 async def test_a_firing_is_skipped_while_the_last_run_awaits_approval(
     api: httpx.AsyncClient,
     worker: Worker,

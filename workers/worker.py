@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
 from activities.notify import NotifyActivities, TelegramChannel
+from activities.sessions import SessionActivities
 from activities.store import StoreActivities
 from activities.telegram import TelegramActivities, telegram_bot
 from activities.tools import ToolActivities
@@ -67,6 +68,7 @@ def build_worker(
         telegram_activities.append(telegram.send_message)
         telegram_channels.append(TelegramChannel(sessions))
     notify = NotifyActivities(sessions, telegram_channels)
+    session_posts = SessionActivities(sessions, settings)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -92,6 +94,7 @@ def build_worker(
             store.record_session_message,
             store.cancel_queued_tasks,
             llm.fold_session_context,
+            session_posts.post_to_session,
             *telegram_activities,
         ],
         **worker_options,

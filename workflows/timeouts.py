@@ -49,3 +49,12 @@ TELEGRAM_RETRY = RetryPolicy(
     maximum_attempts=12,
     non_retryable_error_types=["TelegramRejected"],
 )
+
+# Posting a scheduled message into a session (an update-with-start of its workflow).
+SESSION_POST_TIMEOUT = timedelta(seconds=30)
+SESSION_POST_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=["SessionNotFound", "ValueError"],
+)

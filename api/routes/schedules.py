@@ -26,6 +26,7 @@ from api.deps import Agents, AppSettings, CurrentUser, DbSession, TemporalClient
 from api.paging import newest_first
 from api.schedules import owner_attributes, schedule_view, temporal_id, temporal_schedule
 from core.audit import audit
+from core.session_client import owned_session
 from schemas.schedules import (
     CreateScheduleRequest,
     SchedulePage,
@@ -125,15 +126,19 @@ async def create_schedule(
 ) -> ScheduleView:
     """Create a schedule: its task runs at each `cron` time (or `every` interval) in
     `timezone`, and each result arrives in your notifications."""
-    require_agent(agents, body.agent)
+    agent = body.agent
+    if body.session_id is not None:
+        agent = (await owned_session(session, body.session_id, user.id)).agent
+    require_agent(agents, agent)
     row = Schedule(
         user_id=user.id,
         name=body.name,
         prompt=body.prompt,
-        agent=body.agent,
+        agent=agent,
         cron=body.cron,
         every=body.every,
         timezone=body.timezone or user.timezone,
+        session_id=body.session_id,
     )
     session.add(row)
     await _change(
