@@ -193,7 +193,7 @@ async def test_a_message_gets_the_agents_answer_in_the_chat(
 ) -> None:
     ann, chat = linked.account, linked.chat
     prompt = f"What time is it? {uuid.uuid4()}"
-    fake_claude.script(text("It is noon, Ann."))
+    fake_claude.script(text("It is noon, Ann.", delay=0.2))
 
     fake_telegram.user_says(chat, prompt)
     answer = await fake_telegram.wait_for_message(chat, "It is noon")

@@ -41,7 +41,8 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @app.command()
 def dev() -> None:
     """Start everything on embedded defaults: Temporal dev server (Web UI on :8233),
-    embedded Postgres, migrations, worker and API. State is kept in KEEL_HOME (.keel)."""
+    embedded Postgres, migrations, worker and API, and the Telegram bot when
+    KEEL_TELEGRAM_BOT_TOKEN is set. State is kept in KEEL_HOME (.keel)."""
     from workers.dev import PortTaken, run_dev
 
     settings = _setup()
