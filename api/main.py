@@ -11,9 +11,11 @@ from temporalio.service import RPCError
 
 from activities.builtin_tools import builtin_registry
 from api.deps import ServiceUnavailable, TemporalConnection
-from api.routes import approvals, catalog, health, me, notifications, tasks
+from api.limits import BodySizeLimit
+from api.routes import approvals, catalog, codec, health, keys, me, notifications, tasks
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
+from core.encryption import encryption_codec
 from core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -29,9 +31,12 @@ def create_app(
         engine = create_engine(database_url)
         app.state.settings = settings
         app.state.sessions = session_factory(engine)
-        app.state.temporal = TemporalConnection(temporal_address)
+        # API-key lookups commit at once, so a key's rate-limit row is never held locked.
+        app.state.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        app.state.temporal = TemporalConnection(temporal_address, settings)
         app.state.agents = AgentCatalog.load(settings.agents_file)
         app.state.tools = builtin_registry()
+        app.state.codec = encryption_codec(settings)
         yield
         await engine.dispose()
 
@@ -47,6 +52,10 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(me.router)
     app.include_router(notifications.router)
+    app.include_router(keys.router)
+    app.include_router(codec.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(codec.CodecCors, origins=settings.codec_cors_origins)
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(OperationalError)

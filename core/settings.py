@@ -31,6 +31,25 @@ class Settings(BaseSettings):
     default_max_steps: int = Field(default=20, ge=1)
     default_max_tokens: int = Field(default=200_000, ge=1)
     llm_max_output_tokens: int = Field(default=4096, ge=1)
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per minute per API key; 0 disables the limit."
+    )
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest request body.")
+    max_prompt_chars: int = Field(default=100_000, ge=1, description="Longest task prompt.")
+    max_running_tasks_per_user: int = Field(
+        default=20, ge=0, description="Tasks a user may have unfinished at once; 0: no limit."
+    )
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description="Temporal payload keys, `id:base64key` pairs separated by commas; unset: off.",
+    )
+    encryption_key_id: str | None = Field(
+        default=None, description="The key (by id) that encrypts new payloads."
+    )
+    codec_cors_origins: list[str] = Field(
+        default=["http://localhost:8233", "http://127.0.0.1:8233"],
+        description="Origins (the Temporal Web UI) allowed to call the codec endpoint.",
+    )
 
     @property
     def embedded_pg_dir(self) -> Path:

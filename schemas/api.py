@@ -17,11 +17,9 @@ from schemas.agent_task import (
 )
 from schemas.tool_preferences import ToolPreferenceValue
 
-PROMPT_MAX_CHARS = 100_000
-
 
 class CreateTaskRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
+    prompt: str = Field(min_length=1, description="At most KEEL_MAX_PROMPT_CHARS characters.")
     agent: str = "assistant"
     max_steps: int | None = Field(default=None, ge=1, le=200)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -46,6 +44,7 @@ class TaskResultBody(BaseModel):
 
 class TaskView(BaseModel):
     id: str
+    user_id: str
     status: TaskStatus
     phase: str
     agent: str
@@ -106,6 +105,7 @@ class ApprovalEntry(BaseModel):
 
     id: str
     task_id: str
+    user_id: str
     tool: str
     arguments: dict[str, Any]
     status: ApprovalStatus = Field(
@@ -147,3 +147,40 @@ class NotificationView(BaseModel):
 class NotificationPage(BaseModel):
     items: list[NotificationView]
     next_cursor: str | None
+
+
+class ApiKeyView(BaseModel):
+    """An API key as its owner sees it: never the secret, only enough to tell keys apart."""
+
+    id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CreateApiKeyRequest(BaseModel):
+    name: str = Field(default="", max_length=100, description="A label, e.g. `laptop`.")
+
+
+class ApiKeyCreated(ApiKeyView):
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class ApiKeyRevoked(ApiKeyView):
+    revoked_current_key: bool = Field(
+        description="True when the request itself used this key: it gets 401 from now on."
+    )
+    detail: str
+
+
+class CodecPayload(BaseModel):
+    """A Temporal payload in protobuf JSON: base64 metadata values and data."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+    data: str = ""
+
+
+class CodecPayloads(BaseModel):
+    payloads: list[CodecPayload]

@@ -12,8 +12,17 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
+from api.deps import (
+    Agents,
+    AppSettings,
+    CurrentUser,
+    DbSession,
+    ServiceUnavailable,
+    TemporalClient,
+    admin_scope,
+)
 from api.events import event_stream
+from api.limits import ensure_prompt_size, ensure_task_quota
 from api.paging import newest_first
 from api.progress import live_progress
 from core.agents import UnknownAgent
@@ -69,6 +78,7 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
     finished = progress.status in TERMINAL_STATUSES
     return TaskView(
         id=task.id,
+        user_id=task.user_id,
         status=progress.status,
         phase=progress.phase,
         agent=task.agent,
@@ -96,6 +106,7 @@ async def create_task(
     agents: Agents,
 ) -> TaskCreated:
     """Start an agent task; follow it with GET /v1/tasks/{id}."""
+    ensure_prompt_size(settings, body.prompt)
     try:
         agents.get(body.agent)
     except UnknownAgent:
@@ -116,6 +127,7 @@ async def create_task(
     )
     # The row first, so the task is listed and owned the moment it exists; removed again
     # if Temporal refuses the start, so nothing half-written is left behind.
+    await ensure_task_quota(session, settings, user)
     await insert_task_row(session, task)
     await session.commit()
     try:
@@ -167,9 +179,13 @@ async def list_tasks(
     status_filter: TaskStatus | None = Query(default=None, alias="status"),
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, description="`next_cursor` of the previous page"),
+    all_users: bool = Query(default=False, description="every user's tasks (admins only)"),
 ) -> TaskPage:
-    """The caller's tasks, newest first, from the tasks projection."""
-    statement = select(Task).where(Task.user_id == user.id)
+    """The caller's tasks (every user's for an admin with `all_users=true`), newest first,
+    from the tasks projection."""
+    statement = select(Task)
+    if not admin_scope(user, all_users):
+        statement = statement.where(Task.user_id == user.id)
     if status_filter is not None:
         statement = statement.where(Task.status == status_filter.value)
     page, next_cursor = await newest_first(

@@ -1,0 +1,105 @@
+"""A remote codec endpoint (Temporal's codec server protocol) so the Temporal Web UI and CLI
+can show operators the payloads Keel encrypts in Temporal's history.
+
+Admins only: a payload carries no owner, so whoever may decode may read every user's
+prompts and results; that is an operator's power, not a user's."""
+
+import base64
+import binascii
+
+from fastapi import APIRouter, HTTPException, Request, status
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+from temporalio.api.common.v1 import Payload
+
+from api.deps import CurrentUser
+from core.encryption import EncryptionCodec, UndecryptablePayload
+from schemas.api import CodecPayload, CodecPayloads
+
+PATH_PREFIX = "/codec"
+
+router = APIRouter(prefix=PATH_PREFIX, tags=["codec"])
+
+
+class CodecCors:
+    """CORS for the codec routes only, so the Web UI's origin can call them from the browser
+    (with the Authorization header); the rest of the API stays same-origin."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Namespace"],
+            allow_credentials=True,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PATH_PREFIX + "/"):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _codec(request: Request, user: CurrentUser) -> EncryptionCodec:
+    if not user.is_admin:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "the codec endpoint is for admins: decoding reveals every user's payloads",
+        )
+    codec: EncryptionCodec | None = request.app.state.codec
+    if codec is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "encryption is off (KEEL_ENCRYPTION_KEYS is unset)"
+        )
+    return codec
+
+
+def _from_json(body: CodecPayloads) -> list[Payload]:
+    try:
+        return [
+            Payload(
+                metadata={name: base64.b64decode(value) for name, value in item.metadata.items()},
+                data=base64.b64decode(item.data),
+            )
+            for item in body.payloads
+        ]
+    except binascii.Error:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "payloads: metadata values and data must be base64",
+        ) from None
+
+
+def _to_json(payloads: list[Payload]) -> CodecPayloads:
+    return CodecPayloads(
+        payloads=[
+            CodecPayload(
+                metadata={
+                    name: base64.b64encode(value).decode()
+                    for name, value in payload.metadata.items()
+                },
+                data=base64.b64encode(payload.data).decode(),
+            )
+            for payload in payloads
+        ]
+    )
+
+
+@router.post("/encode", response_model=CodecPayloads)
+async def encode(body: CodecPayloads, request: Request, user: CurrentUser) -> CodecPayloads:
+    """Encrypt payloads with the current key (Temporal's remote codec protocol)."""
+    codec = _codec(request, user)
+    return _to_json(await codec.encode(_from_json(body)))
+
+
+@router.post("/decode", response_model=CodecPayloads)
+async def decode(body: CodecPayloads, request: Request, user: CurrentUser) -> CodecPayloads:
+    """Decrypt payloads (Temporal's remote codec protocol); unencrypted ones come back as
+    they are."""
+    codec = _codec(request, user)
+    try:
+        return _to_json(await codec.decode(_from_json(body)))
+    except UndecryptablePayload as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"payloads: {exc}") from None
