@@ -37,10 +37,7 @@ async def test_rate_limit_answers_429_with_retry_after_across_replicas(
         serve_api(capped, database_url, temporal_address) as two,
     ):
         responses = await asyncio.gather(
-            *(
-                (one if n % 2 else two).get("/v1/agents", headers=alice.headers)
-                for n in range(150)
-            )
+            *((one if n % 2 else two).get("/v1/agents", headers=alice.headers) for n in range(150))
         )
         codes = [response.status_code for response in responses]
         assert set(codes) == {200, 429}
@@ -80,9 +77,7 @@ async def test_oversized_bodies_get_413_before_they_are_parsed(
     async with serve_api(
         limited(settings, max_request_bytes=10_000), database_url, temporal_address
     ) as api:
-        declared = await api.post(
-            "/v1/tasks", json={"prompt": "x" * 20_000}, headers=alice.headers
-        )
+        declared = await api.post("/v1/tasks", json={"prompt": "x" * 20_000}, headers=alice.headers)
         assert declared.status_code == 413
         assert "KEEL_MAX_REQUEST_BYTES" in declared.json()["detail"]
 
