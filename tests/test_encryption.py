@@ -7,6 +7,7 @@ import json
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anthropic
 import httpx
@@ -168,7 +169,7 @@ async def test_codec_endpoint_decodes_for_admins_only(
     under_old_key = await EncryptionCodec(parse_keys(f"old:{OLD_KEY}"), "old").encode(
         [Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(PROMPT).encode())]
     )
-    body = {
+    body: dict[str, list[dict[str, Any]]] = {
         "payloads": [
             {
                 "metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},

@@ -75,23 +75,23 @@ async def alice_world(api: httpx.AsyncClient, alice: Account) -> World:
 
 @dataclass(frozen=True)
 class Probe:
-    """A request on alice's resource; `owner` is the status alice herself gets (None: not
-    asked of her), `after_finish` asks it of her once her task has ended."""
+    """A request on alice's resource; `owner` is the statuses alice herself may get (empty:
+    not asked of her), `after_finish` asks it of her once her task has ended."""
 
     name: str
     method: str
     path: str
     body: dict[str, str] | None = None
-    owner: frozenset[int] | None = frozenset({200})
+    owner: frozenset[int] = frozenset({200})
     after_finish: bool = False
 
 
 PROBES = [
     Probe("read the task", "GET", "/v1/tasks/{task}"),
     Probe("answer the question", "POST", "/v1/tasks/{task}/answer", {"question_id": "{question}", "text": "red"}),
-    Probe("answer it through one's own task", "POST", "/v1/tasks/{own_task}/answer", {"question_id": "{question}", "text": "red"}, owner=None),
+    Probe("answer it through one's own task", "POST", "/v1/tasks/{own_task}/answer", {"question_id": "{question}", "text": "red"}, owner=frozenset()),
     Probe("approve the tool call", "POST", "/v1/tasks/{task}/approvals/{approval}", {"decision": "approve"}),
-    Probe("approve it through one's own task", "POST", "/v1/tasks/{own_task}/approvals/{approval}", {"decision": "approve"}, owner=None),
+    Probe("approve it through one's own task", "POST", "/v1/tasks/{own_task}/approvals/{approval}", {"decision": "approve"}, owner=frozenset()),
     Probe("mark the notification read", "POST", "/v1/notifications/{notification}/read"),
     Probe("revoke the API key", "DELETE", "/v1/me/keys/{key}"),
     Probe("remove the tool preference", "DELETE", "/v1/me/tool-preferences/http_fetch", owner=frozenset({204})),
@@ -150,11 +150,11 @@ async def test_another_users_resources_answer_404_and_stay_as_they_were(
     assert [p["tool"] for p in preferences] == ["http_fetch"]
 
     # The same requests are alice's to make: the paths were right.
-    for probe in (p for p in PROBES if p.owner is not None and not p.after_finish):
+    for probe in (p for p in PROBES if p.owner and not p.after_finish):
         response = await send(api, probe, world.ids, alice)
         assert response.status_code in probe.owner, (probe.name, response.text)
     await wait_until_finished(api, world.ids["task"], alice.headers)
-    for probe in (p for p in PROBES if p.owner is not None and p.after_finish):
+    for probe in (p for p in PROBES if p.owner and p.after_finish):
         response = await send(api, probe, world.ids, alice)
         assert response.status_code in probe.owner, (probe.name, response.text)
 
