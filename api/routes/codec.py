@@ -5,7 +5,6 @@ Admins only: a payload carries no owner, so whoever may decode may read every us
 prompts and results; that is an operator's power, not a user's."""
 
 import base64
-import binascii
 
 from fastapi import APIRouter, HTTPException, Request, status
 from starlette.middleware.cors import CORSMiddleware
@@ -60,12 +59,15 @@ def _from_json(body: CodecPayloads) -> list[Payload]:
     try:
         return [
             Payload(
-                metadata={name: base64.b64decode(value) for name, value in item.metadata.items()},
-                data=base64.b64decode(item.data),
+                metadata={
+                    name: base64.b64decode(value, validate=True)
+                    for name, value in item.metadata.items()
+                },
+                data=base64.b64decode(item.data, validate=True),
             )
             for item in body.payloads
         ]
-    except binascii.Error:
+    except ValueError:  # not base64, or not even ASCII
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             "payloads: metadata values and data must be base64",
