@@ -2,11 +2,15 @@
 prompt or result in clear, the API still shows both, an old key keeps decrypting after the
 current key changes, and the codec endpoint decodes for admins only."""
 
+import asyncio
 import base64
+import contextlib
 import json
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,8 +26,9 @@ from temporalio.worker import Replayer, Worker
 from core.encryption import ENCODING, KEY_ID_METADATA, EncryptionCodec, generate_key, parse_keys
 from core.settings import Settings
 from core.temporal import connect_temporal, data_converter
-from tests.conftest import MakeAccount, serve_api, wait_for_status, wait_until_finished
+from tests.conftest import MakeAccount, free_port, serve_api, wait_for_status, wait_until_finished
 from tests.fake_anthropic import FakeAnthropic, ToolCall, text, tool_use
+from workers.api_server import run_api
 from workers.dev import temporal_cli
 from workers.worker import build_worker
 from workflows.agent_task import AgentTaskWorkflow
@@ -56,17 +61,44 @@ async def keel_worker(
     await claude.close()
 
 
-def workflow_show(temporal_address: str, workflow_id: str, *options: str) -> str:
+async def workflow_show(temporal_address: str, workflow_id: str, *options: str) -> str:
     """What `temporal workflow show` prints of the workflow's history."""
-    command = [temporal_cli(), "workflow", "show", "--address", temporal_address]
-    shown = subprocess.run(
-        [*command, "--workflow-id", workflow_id, *options],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    shown = await asyncio.create_subprocess_exec(
+        *[temporal_cli(), "workflow", "show", "--address", temporal_address],
+        *["--workflow-id", workflow_id, *options],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert shown.returncode == 0, shown.stderr
-    return shown.stdout
+    async with asyncio.timeout(60):
+        stdout, stderr = await shown.communicate()
+    assert shown.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+@asynccontextmanager
+async def live_api(
+    settings: Settings, database_url: str, temporal_address: str
+) -> AsyncIterator[str]:
+    """The API served by uvicorn on a free port, as `keel api` serves it; its base URL."""
+    port = free_port()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(
+        run_api(
+            settings.model_copy(update={"api_port": port}), database_url, stop, temporal_address
+        )
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        for _ in range(200):
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+    try:
+        yield base_url
+    finally:
+        stop.set()
+        await serving
 
 
 def key_ids_in(history_json: str) -> set[str]:
@@ -137,11 +169,23 @@ async def test_history_holds_no_clear_text_and_rotation_keeps_old_payloads_reada
         replayer = Replayer(workflows=[AgentTaskWorkflow], data_converter=data_converter(after))
         await replayer.replay_workflow(await handle.fetch_history())
 
-    shown = workflow_show(temporal_address, f"task-{task_id}", "--detailed")
+    shown = await workflow_show(temporal_address, f"task-{task_id}", "--detailed")
     for secret in ("Margot", "Quellheim", "guest-list", "lighthouse", alice.name):
         assert secret not in shown
-    history_json = workflow_show(temporal_address, f"task-{task_id}", "--output", "json")
+    history_json = await workflow_show(temporal_address, f"task-{task_id}", "--output", "json")
     assert key_ids_in(history_json) == {"old", "new"}
+
+    # An operator sees it decoded through Keel's codec endpoint, with an admin's key.
+    admin = await make_account(admin=True)
+    async with live_api(after, database_url, temporal_address) as base_url:
+        decoded = await workflow_show(
+            temporal_address,
+            f"task-{task_id}",
+            "--detailed",
+            *["--codec-endpoint", f"{base_url}/codec", "--codec-auth", f"Bearer {admin.key}"],
+        )
+    assert f"input[0].prompt: {PROMPT}" in decoded
+    assert ANSWER in decoded
 
 
 async def test_without_encryption_the_prompt_is_in_clear(
@@ -157,7 +201,7 @@ async def test_without_encryption_the_prompt_is_in_clear(
     created = await api.post("/v1/tasks", json={"prompt": PROMPT}, headers=alice.headers)
     task_id = created.json()["id"]
     await wait_until_finished(api, task_id, alice.headers)
-    shown = workflow_show(temporal_address, f"task-{task_id}", "--detailed")
+    shown = await workflow_show(temporal_address, f"task-{task_id}", "--detailed")
     assert "input[0].prompt: Plan the surprise party for Margot Quellheim" in shown
 
 
@@ -222,7 +266,15 @@ async def test_codec_endpoint_decodes_for_admins_only(
         assert off.status_code == 404 and "encryption is off" in off.json()["detail"]
 
 
-def test_malformed_keys_are_refused_with_the_setting_named() -> None:
+def test_keel_prints_new_keys_and_refuses_malformed_ones_naming_the_setting() -> None:
+    printed = subprocess.run(
+        [str(Path(sys.executable).parent / "keel"), "encryption-key"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert len(parse_keys(f"fresh:{printed}")["fresh"]) == 32
     for spec, message in [
         ("nocolon", "id:base64key"),
         ("k:not base64!", "not valid base64"),

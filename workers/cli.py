@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.api_keys import create_api_key, list_api_keys, revoke_api_key
 from core.db import create_engine, database_url, migrate, session_factory, session_scope
+from core.encryption import generate_key
 from core.logging import configure_logging
 from core.records import create_user
 from core.settings import Settings, get_settings
@@ -75,6 +76,12 @@ def api() -> None:
     settings = _setup()
     url = database_url(settings)
     _run_until_signal(lambda stop: run_api(settings, url, stop))
+
+
+@app.command("encryption-key")
+def encryption_key() -> None:
+    """Print a new random AES-256 key for KEEL_ENCRYPTION_KEYS (as `id:<this key>`)."""
+    typer.echo(generate_key())
 
 
 @app.command("migrate")
