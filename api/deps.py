@@ -68,16 +68,13 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 Agents = Annotated[AgentCatalog, Depends(get_agents)]
 
 _bearer = HTTPBearer(auto_error=False)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def get_current_user(
-    request: Request,
-    settings: AppSettings,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The caller, by their API key, within their key's rate limit (429 past it). The key's
-    id is left in `request.state.api_key_id`."""
-    if credentials is None:
+async def user_for_key(request: Request, settings: Settings, key: str | None) -> User:
+    """The owner of this API key, within the key's rate limit (429 past it); 401 for a
+    missing, unknown or revoked key. The key's id is left in `request.state.api_key_id`."""
+    if key is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing API key: send 'Authorization: Bearer <key>' (create one with `keel users create`)",
@@ -85,9 +82,7 @@ async def get_current_user(
         )
     engine: AsyncEngine = request.app.state.autocommit_engine
     async with engine.connect() as connection:
-        caller = await authenticate(
-            connection, credentials.credentials, settings.rate_limit_per_minute
-        )
+        caller = await authenticate(connection, key, settings.rate_limit_per_minute)
     if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -103,6 +98,13 @@ async def get_current_user(
         )
     request.state.api_key_id = caller.key_id
     return caller.user
+
+
+async def get_current_user(
+    request: Request, settings: AppSettings, credentials: BearerCredentials
+) -> User:
+    """The caller, by the Bearer API key."""
+    return await user_for_key(request, settings, credentials.credentials if credentials else None)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

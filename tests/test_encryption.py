@@ -252,6 +252,22 @@ async def test_codec_endpoint_decodes_for_admins_only(
             not in (await api.get("/v1/agents", headers={**alice.headers, **ui})).headers
         )  # the rest of the API stays same-origin
 
+        # The Web UI's way in: a cookie for /codec, set from the browser with an admin key.
+        session = await api.post("/codec/session", headers=admin.headers)
+        assert session.status_code == 204
+        cookie = session.headers["set-cookie"]
+        assert all(
+            flag in cookie for flag in ("HttpOnly", "Secure", "Path=/codec", "SameSite=none")
+        )
+        by_cookie = {"Cookie": cookie.split(";")[0], **ui}
+        api.cookies.clear()  # only what a browser would send: the explicit header below
+        assert (await api.post("/codec/decode", json=body, headers=by_cookie)).status_code == 200
+        alices_cookie = {"Cookie": f"keel_codec={alice.key}"}
+        assert (
+            await api.post("/codec/decode", json=body, headers=alices_cookie)
+        ).status_code == 403
+        assert (await api.post("/codec/session", headers=alice.headers)).status_code == 403
+
         refused = await api.post("/codec/decode", json=body, headers=alice.headers)
         assert refused.status_code == 403 and "admin" in refused.json()["detail"]
         assert (await api.post("/codec/decode", json=body)).status_code == 401

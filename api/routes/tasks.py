@@ -125,9 +125,9 @@ async def create_task(
         max_tokens=body.max_tokens,
         notify=body.notify,
     )
+    await ensure_task_quota(session, settings, user)
     # The row first, so the task is listed and owned the moment it exists; removed again
     # if Temporal refuses the start, so nothing half-written is left behind.
-    await ensure_task_quota(session, settings, user)
     await insert_task_row(session, task)
     await session.commit()
     try:
