@@ -55,7 +55,7 @@ def create_app(
     app.include_router(keys.router)
     app.include_router(codec.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(codec.CodecCors, origins=settings.codec_cors_origins)
+    app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(OperationalError)

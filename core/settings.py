@@ -46,10 +46,17 @@ class Settings(BaseSettings):
     encryption_key_id: str | None = Field(
         default=None, description="The key (by id) that encrypts new payloads."
     )
-    codec_cors_origins: list[str] = Field(
-        default=["http://localhost:8233", "http://127.0.0.1:8233"],
-        description="Origins (the Temporal Web UI) allowed to call the codec endpoint.",
+    codec_cors_origins: list[str] | None = Field(
+        default=None,
+        description="Origins (the Temporal Web UI) allowed to call the codec endpoint; unset: "
+        "the dev Web UI's, on localhost and 127.0.0.1 at temporal_ui_port.",
     )
+
+    @property
+    def codec_origins(self) -> list[str]:
+        if self.codec_cors_origins is not None:
+            return self.codec_cors_origins
+        return [f"http://{host}:{self.temporal_ui_port}" for host in ("localhost", "127.0.0.1")]
 
     @property
     def embedded_pg_dir(self) -> Path:
