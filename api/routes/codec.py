@@ -25,7 +25,8 @@ router = APIRouter(prefix=PATH_PREFIX, tags=["codec"])
 
 class CodecCors:
     """CORS for the codec routes only, so the Web UI's origin can call them from the browser
-    (with the Authorization header); the rest of the API stays same-origin."""
+    (with the Authorization header or the codec cookie); the rest of the API stays
+    same-origin."""
 
     def __init__(self, app: ASGIApp, origins: list[str]) -> None:
         self.app = app
