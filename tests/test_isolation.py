@@ -57,10 +57,21 @@ async def parked_task(api: httpx.AsyncClient, account: Account) -> dict[str, str
     }
 
 
+async def first_notification(api: httpx.AsyncClient, account: Account) -> str:
+    """The id of the account's first notification, once its task's notify activity ran."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        inbox = (await api.get("/v1/notifications", headers=account.headers)).json()["items"]
+        if inbox:
+            notification_id: str = inbox[0]["id"]
+            return notification_id
+        assert asyncio.get_running_loop().time() < deadline, "no notification arrived"
+        await asyncio.sleep(0.05)
+
+
 async def alice_world(api: httpx.AsyncClient, alice: Account) -> World:
     world = World(ids=await parked_task(api, alice))
-    inbox = (await api.get("/v1/notifications", headers=alice.headers)).json()["items"]
-    world.ids["notification"] = inbox[0]["id"]
+    world.ids["notification"] = await first_notification(api, alice)
     created = await api.post("/v1/me/keys", json={"name": "second"}, headers=alice.headers)
     assert created.status_code == 201, created.text
     world.ids["key"], world.key = created.json()["id"], created.json()["key"]
