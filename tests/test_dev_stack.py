@@ -199,5 +199,5 @@ def test_dev_with_encryption_keeps_prompts_out_of_temporal(
     assert "input[0].prompt: Who plans the Zanzibar offsite?" in decoded
     assert "Henrietta" in decoded
     ui_settings = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/v1/settings").json()
-    assert ui_settings["Codec"]["Endpoint"] == f"{stack.url}/codec"
+    assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{stack.api_port}/codec"
     assert stack.terminate() == 0

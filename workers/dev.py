@@ -115,11 +115,10 @@ async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
             settings.temporal_port,
             settings.temporal_ui_port,
             settings.home / "temporal.log",
-            # With encryption on, the Web UI decodes through the API (see README, Security).
+            # With encryption on, the Web UI decodes through the API (see README, Security),
+            # named like the UI's own host, so the browser's codec cookie is first-party.
             ui_codec_endpoint=(
-                f"http://{settings.api_host}:{settings.api_port}/codec"
-                if settings.encryption_keys
-                else None
+                f"http://localhost:{settings.api_port}/codec" if settings.encryption_keys else None
             ),
         )
         await temporal.start()
