@@ -31,14 +31,19 @@ def create_app(
         engine = create_engine(database_url)
         app.state.settings = settings
         app.state.sessions = session_factory(engine)
-        # API-key lookups commit at once, so a key's rate-limit row is never held locked.
-        app.state.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # API-key lookups commit at once, so a key's rate-limit row is never held locked, and
+        # do not wait for the WAL flush: a crash may forget a few counts, nothing else.
+        auth_engine = create_engine(
+            database_url, connect_args={"options": "-c synchronous_commit=off"}
+        )
+        app.state.autocommit_engine = auth_engine.execution_options(isolation_level="AUTOCOMMIT")
         app.state.temporal = TemporalConnection(temporal_address, settings)
         app.state.agents = AgentCatalog.load(settings.agents_file)
         app.state.tools = builtin_registry()
         app.state.codec = encryption_codec(settings)
         yield
         await engine.dispose()
+        await auth_engine.dispose()
 
     app = FastAPI(
         title="Keel",

@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,8 +32,9 @@ def database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.embedded_pg_dir.resolve())
 
 
-def create_engine(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+def create_engine(url: str, **options: Any) -> AsyncEngine:
+    """An engine over Keel's pool settings; `options` go to SQLAlchemy as they are."""
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **options)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
