@@ -17,8 +17,6 @@ from schemas.agent_task import (
 )
 from schemas.tool_preferences import ToolPreferenceValue
 
-PROMPT_MAX_CHARS = 100_000
-
 
 def _not_blank(text: str) -> str:
     if not text.strip():
@@ -26,8 +24,12 @@ def _not_blank(text: str) -> str:
     return text
 
 
-# A prompt or message: some text, up to PROMPT_MAX_CHARS.
-Text = Annotated[str, Field(min_length=1, max_length=PROMPT_MAX_CHARS), AfterValidator(_not_blank)]
+# A prompt or message: some text (the API caps its length at KEEL_MAX_PROMPT_CHARS).
+Text = Annotated[
+    str,
+    Field(min_length=1, description="At most KEEL_MAX_PROMPT_CHARS characters."),
+    AfterValidator(_not_blank),
+]
 
 
 class CreateTaskRequest(BaseModel):
@@ -70,6 +72,7 @@ class TaskResultBody(BaseModel):
 
 class TaskView(BaseModel):
     id: str
+    user_id: str
     status: TaskStatus
     phase: str
     agent: str
@@ -132,6 +135,7 @@ class ApprovalEntry(BaseModel):
 
     id: str
     task_id: str
+    user_id: str
     tool: str
     arguments: dict[str, Any]
     status: ApprovalStatus = Field(
@@ -226,3 +230,40 @@ class TurnView(BaseModel):
 class TurnPage(BaseModel):
     items: list[TurnView]
     next_after: int | None = Field(description="Pass as `after` for the next page.")
+
+
+class ApiKeyView(BaseModel):
+    """An API key as its owner sees it: never the secret, only enough to tell keys apart."""
+
+    id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CreateApiKeyRequest(BaseModel):
+    name: str = Field(default="", max_length=100, description="A label, e.g. `laptop`.")
+
+
+class ApiKeyCreated(ApiKeyView):
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class ApiKeyRevoked(ApiKeyView):
+    revoked_current_key: bool = Field(
+        description="True when the request itself used this key: it gets 401 from now on."
+    )
+    detail: str
+
+
+class CodecPayload(BaseModel):
+    """A Temporal payload in protobuf JSON: base64 metadata values and data."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+    data: str = ""
+
+
+class CodecPayloads(BaseModel):
+    payloads: list[CodecPayload]

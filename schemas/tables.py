@@ -47,6 +47,17 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    name: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    last_used_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    # The rate limit's sliding window: requests admitted in the current minute and the one
+    # before it (see core/api_keys.py).
+    rate_window_start: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    rate_window_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    rate_previous_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Task(SQLModel, table=True):

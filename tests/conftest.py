@@ -10,6 +10,7 @@ import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +133,26 @@ MakeAccount = Callable[..., Awaitable[Account]]
 
 @pytest.fixture
 def make_account(sessions: async_sessionmaker[AsyncSession]) -> MakeAccount:
-    async def make(name: str | None = None) -> Account:
+    async def make(name: str | None = None, *, admin: bool = False) -> Account:
         async with session_scope(sessions) as session:
-            user, key = await create_user(session, name or f"user-{uuid.uuid4().hex[:8]}")
+            user, key = await create_user(
+                session, name or f"user-{uuid.uuid4().hex[:8]}", is_admin=admin
+            )
         return Account(user.id, user.name, key)
 
     return make
+
+
+@asynccontextmanager
+async def serve_api(
+    settings: Settings, database_url: str, temporal_address: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the real FastAPI app with these settings, lifespan included."""
+    app = create_app(settings, database_url, temporal_address)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
+            yield client
 
 
 @pytest.fixture
@@ -145,11 +160,8 @@ async def api(
     settings: Settings, database_url: str, temporal_address: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real FastAPI app, lifespan included, over HTTP (ASGI transport)."""
-    app = create_app(settings, database_url, temporal_address)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
-            yield client
+    async with serve_api(settings, database_url, temporal_address) as client:
+        yield client
 
 
 async def start_task(

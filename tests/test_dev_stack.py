@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.encryption import generate_key
 from tests.conftest import free_port
 from tests.fake_anthropic import FakeAnthropic, ToolCall, hang, text, tool_use
 from workers.dev import ensure_port_free
@@ -164,3 +165,39 @@ def test_dev_refuses_a_taken_port(stack: DevStack) -> None:
         done = subprocess.run([KEEL, "dev"], env=stack.env, capture_output=True, text=True)
     assert done.returncode == 1
     assert f"port {stack.api_port} (Keel API) is already taken" in done.stderr
+
+
+def test_dev_with_encryption_keeps_prompts_out_of_temporal(
+    stack: DevStack, fake_claude: FakeAnthropic
+) -> None:
+    stack.env |= {
+        "KEEL_ENCRYPTION_KEYS": f"k1:{generate_key()}",
+        "KEEL_ENCRYPTION_KEY_ID": "k1",
+    }
+    stack.start()
+    admin_key = stack.keel("users", "create", "root", "--admin").strip().splitlines()[-1]
+    fake_claude.script(text("Ask Henrietta Vasquez-Oyelaran."))
+    created = httpx.post(
+        f"{stack.url}/v1/tasks",
+        json={"prompt": "Who plans the Zanzibar offsite?"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
+    task = wait_for_status(stack, created.json()["id"], admin_key, timeout=60)
+    assert (task["prompt"], task["result"]) == (
+        "Who plans the Zanzibar offsite?",
+        {"text": "Ask Henrietta Vasquez-Oyelaran."},
+    )
+
+    show = [TEMPORAL, "workflow", "show", "--address", f"127.0.0.1:{stack.temporal_port}"]
+    show += ["--workflow-id", f"task-{task['id']}", "--detailed"]
+    encrypted = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    assert "Zanzibar" not in encrypted and "Henrietta" not in encrypted
+
+    # Operators: the CLI with an admin key, and the Web UI, which keel dev points at the API.
+    codec = ["--codec-endpoint", f"{stack.url}/codec", "--codec-auth", f"Bearer {admin_key}"]
+    decoded = subprocess.run(show + codec, capture_output=True, text=True, check=True).stdout
+    assert "input[0].prompt: Who plans the Zanzibar offsite?" in decoded
+    assert "Henrietta" in decoded
+    ui_settings = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/v1/settings").json()
+    assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{stack.api_port}/codec"
+    assert stack.terminate() == 0

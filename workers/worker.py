@@ -88,7 +88,7 @@ async def run_worker(
 ) -> None:
     """Poll Temporal until `stop` is set, then finish in-flight work and return."""
     engine = create_engine(database_url)
-    client = await connect_temporal(temporal_address)
+    client = await connect_temporal(temporal_address, settings=settings)
     worker = build_worker(client, settings, session_factory(engine), anthropic_client())
     log.info("worker polling", task_queue=settings.task_queue)
     async with worker:
