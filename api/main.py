@@ -11,10 +11,12 @@ from temporalio.service import RPCError
 
 from activities.builtin_tools import builtin_registry
 from api.deps import ServiceUnavailable, TemporalConnection
-from api.routes import approvals, catalog, health, me, notifications, tasks
+from api.observability import install_observability
+from api.routes import analytics, approvals, catalog, health, me, notifications, tasks
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
 from core.settings import Settings
+from core.telemetry import tracing_interceptors
 
 log = structlog.get_logger(__name__)
 
@@ -29,10 +31,14 @@ def create_app(
         engine = create_engine(database_url)
         app.state.settings = settings
         app.state.sessions = session_factory(engine)
-        app.state.temporal = TemporalConnection(temporal_address)
+        app.state.temporal = TemporalConnection(
+            temporal_address, tracing_interceptors(settings.tracing, "keel-api")
+        )
         app.state.agents = AgentCatalog.load(settings.agents_file)
         app.state.tools = builtin_registry()
+        app.state.request_log.start(app.state.sessions)
         yield
+        await app.state.request_log.close()
         await engine.dispose()
 
     app = FastAPI(
@@ -47,6 +53,8 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(me.router)
     app.include_router(notifications.router)
+    app.include_router(analytics.router)
+    install_observability(app)
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(OperationalError)

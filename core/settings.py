@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     default_max_steps: int = Field(default=20, ge=1)
     default_max_tokens: int = Field(default=200_000, ge=1)
     llm_max_output_tokens: int = Field(default=4096, ge=1)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Prometheus endpoint of the worker; unset: none for `keel worker`, "
+        "9464 for `keel dev`; 0: none.",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry tracing through Temporal's interceptor (the `tracing` extra).",
+    )
 
     @property
     def embedded_pg_dir(self) -> Path:

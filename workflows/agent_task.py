@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         ToolPolicy,
     )
     from schemas.search_attributes import PHASE
+    from workflows.metrics import count_approval, count_tool_call
     from workflows.timeouts import (
         LLM_HEARTBEAT_TIMEOUT,
         LLM_RETRY,
@@ -366,6 +367,7 @@ class AgentTaskWorkflow:
         except TimeoutError:
             approval.status = ApprovalStatus.EXPIRED
         self._refresh_phase()
+        count_approval(call.name, approval.status.value)
         await self._record_approval(task, approval, f"{call.name} {approval.status.value}")
         return approval
 
@@ -455,6 +457,8 @@ class AgentTaskWorkflow:
         step.duration_ms = int((step.finished_at - step.started_at).total_seconds() * 1000)
         step.outcome = outcome
         step.detail = detail
+        if step.kind == "tool":
+            count_tool_call(step.name, outcome)
 
     def _end(
         self,

@@ -12,7 +12,15 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Agents, AppSettings, CurrentUser, DbSession, ServiceUnavailable, TemporalClient
+from api.deps import (
+    Agents,
+    AppSettings,
+    CurrentUser,
+    DbSession,
+    Metrics,
+    ServiceUnavailable,
+    TemporalClient,
+)
 from api.events import event_stream
 from api.paging import newest_first
 from api.progress import live_progress
@@ -94,6 +102,7 @@ async def create_task(
     client: TemporalClient,
     settings: AppSettings,
     agents: Agents,
+    metrics: Metrics,
 ) -> TaskCreated:
     """Start an agent task; follow it with GET /v1/tasks/{id}."""
     try:
@@ -138,6 +147,7 @@ async def create_task(
         await session.exec(delete(Task).where(col(Task.id) == task.task_id))
         await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
+    metrics.tasks_started.labels(task.agent).inc()
     return TaskCreated(id=task.task_id, status=TaskStatus.RUNNING)
 
 
