@@ -4,17 +4,14 @@ request log, and usage analytics per user and (for admins) across users."""
 import asyncio
 import io
 import json
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,11 +20,17 @@ from temporalio.worker import Worker
 from api.main import create_app
 from api.routes.health import READY_CHECK_SECONDS
 from core.db import session_scope
-from core.logging import configure_logging
 from core.records import create_user
 from core.settings import Settings
 from schemas.tables import RequestLog
-from tests.conftest import Account, MakeAccount, free_port, wait_until_finished
+from tests.conftest import (
+    Account,
+    MakeAccount,
+    free_port,
+    log_lines,
+    metric_samples,
+    wait_until_finished,
+)
 from tests.fake_anthropic import FakeAnthropic, ToolCall, Usage, text, tool_use
 
 
@@ -38,35 +41,6 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
             yield client
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """Logging configured as Keel's processes configure it (JSON), written to a buffer."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging("INFO", "json")
-    buffer = io.StringIO()
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(buffer)
-    yield buffer
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def log_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in buffer.getvalue().splitlines()]
-
-
-def samples(metrics_text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    """The samples called `name` in Prometheus text, by their labels."""
-    return {
-        frozenset(sample.labels.items()): sample.value
-        for family in text_string_to_metric_families(metrics_text)
-        for sample in family.samples
-        if sample.name == name
-    }
 
 
 # --- readiness ------------------------------------------------------------------------
@@ -118,14 +92,14 @@ async def test_metrics_count_requests_by_route_template(
     response = await api.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    requests = samples(response.text, "keel_http_requests_total")
+    requests = metric_samples(response.text, "keel_http_requests_total")
     route = {("method", "GET"), ("route", "/v1/tasks/{task_id}")}
     assert requests[frozenset(route | {("status", "404")})] == 2
     assert requests[frozenset({("method", "GET"), ("route", "unmatched"), ("status", "404")})] == 1
     assert missing not in response.text  # route templates, never raw paths
-    latency = samples(response.text, "keel_http_request_duration_seconds_count")
+    latency = metric_samples(response.text, "keel_http_request_duration_seconds_count")
     assert latency[frozenset(route)] == 2
-    assert samples(response.text, "process_resident_memory_bytes")
+    assert metric_samples(response.text, "process_resident_memory_bytes")
 
 
 async def test_request_id_round_trip_and_log_line(

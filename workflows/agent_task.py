@@ -158,6 +158,16 @@ class AgentTaskWorkflow:
                 await self._record_end()
                 raise
         await self._record_end()
+        workflow.logger.info(
+            "task %s",
+            self._progress.status.value,
+            extra={
+                "task_id": task.task_id,
+                "user_id": task.user_id,
+                "stop_reason": self._progress.stop_reason,
+                "usage": self._progress.usage.model_dump(),
+            },
+        )
         if task.notify or task.channel != INTERACTIVE_CHANNEL:
             await self._notify_finished(task)
         await workflow.wait_condition(workflow.all_handlers_finished)
