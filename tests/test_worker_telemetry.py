@@ -39,12 +39,13 @@ from workers.worker import build_worker, run_worker
 from workflows.agent_task import AgentTaskWorkflow
 
 
-def metric(metrics_text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called `name` whose labels include `labels`."""
+def counter(metrics_text: str, name: str, **labels: str) -> float:
+    """The sum of counter `name`'s samples whose labels include `labels`. (The parser
+    names counter samples `<name>_total`, however the exporter spells them.)"""
     wanted = set(labels.items())
     return sum(
         value
-        for sample_labels, value in metric_samples(metrics_text, name).items()
+        for sample_labels, value in metric_samples(metrics_text, f"{name}_total").items()
         if wanted <= sample_labels
     )
 
@@ -110,19 +111,21 @@ async def test_worker_metrics_endpoint_serves_temporal_and_keel_metrics(
 
     async with httpx.AsyncClient() as http:
         scraped = (await http.get(metrics_worker)).text
-    queue = {"task_queue": settings.task_queue}
-    # (the parser names every counter sample `..._total`, however the exporter spells it)
+
+    def count(name: str, **labels: str) -> float:
+        return counter(scraped, name, task_queue=settings.task_queue, **labels)
+
     # Temporal's own SDK metrics...
-    assert metric(scraped, "temporal_workflow_completed_total", **queue) == 1
-    assert metric(scraped, "temporal_activity_execution_failed_total", activity_type="call_model") == 1
+    assert count("temporal_workflow_completed") == 1
+    assert count("temporal_activity_execution_failed", activity_type="call_model") == 1
     # ...and Keel's, on the same endpoint.
-    assert metric(scraped, "keel_llm_calls_total", outcome="ok", **queue) == 3
-    assert metric(scraped, "keel_llm_calls_total", outcome="ClaudeOverloaded", **queue) == 1
-    assert metric(scraped, "keel_llm_tokens_total", kind="input", **queue) == 90
-    assert metric(scraped, "keel_llm_tokens_total", kind="output", **queue) == 12
-    assert metric(scraped, "keel_tool_calls_total", tool="get_current_time", outcome="ok", **queue) == 1
-    assert metric(scraped, "keel_tool_calls_total", tool="notes_delete", outcome="rejected", **queue) == 1
-    assert metric(scraped, "keel_approvals_total", tool="notes_delete", decision="rejected", **queue) == 1
+    assert count("keel_llm_calls", outcome="ok") == 3
+    assert count("keel_llm_calls", outcome="ClaudeOverloaded") == 1
+    assert count("keel_llm_tokens", kind="input") == 90
+    assert count("keel_llm_tokens", kind="output") == 12
+    assert count("keel_tool_calls", tool="get_current_time", outcome="ok") == 1
+    assert count("keel_tool_calls", tool="notes_delete", outcome="rejected") == 1
+    assert count("keel_approvals", tool="notes_delete", decision="rejected") == 1
     await assert_replays(handle)
 
     # The logs of that run carry the workflow and activity ids, and never the key.
