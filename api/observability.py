@@ -2,6 +2,7 @@
 out), Prometheus metrics by route template, a structured access-log line, and a row in the
 request log. Installed on the app by `install_observability`."""
 
+import logging
 import re
 import time
 from datetime import datetime
@@ -11,15 +12,14 @@ import structlog
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.request_log import RequestLogWriter
 from schemas.tables import utcnow
 
-log = structlog.get_logger("keel.access")
+ACCESS_LOGGER = "keel.access"
+log = structlog.get_logger(ACCESS_LOGGER)
 
-REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's own request id is kept when it is a plain token; anything else is replaced.
 _CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes: counted in the metrics, but neither request-log rows nor info lines.
@@ -79,13 +79,14 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)
+        id_bytes = request_id.encode()
         status = 500  # what the server answers if the app raises before responding
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", id_bytes)]
             await send(message)
 
         started_at, started = utcnow(), time.perf_counter()
@@ -108,14 +109,17 @@ class ObservabilityMiddleware:
         user_id = scope.get("state", {}).get("user_id")
         latency_ms = round(seconds * 1000, 3)
         operations = template in OPERATIONS_ROUTES
-        (log.debug if operations else log.info)(
-            "request",
-            method=method,
-            route=template,
-            status=status,
-            latency_ms=latency_ms,
-            user_id=user_id,
-        )
+        level = logging.DEBUG if operations else logging.INFO
+        if logging.getLogger(ACCESS_LOGGER).isEnabledFor(level):  # render only lines kept
+            log.log(
+                level,
+                "request",
+                method=method,
+                route=template,
+                status=status,
+                latency_ms=latency_ms,
+                user_id=user_id,
+            )
         if not operations:
             self._request_log.add(
                 {

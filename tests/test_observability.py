@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api.main import create_app
@@ -26,6 +27,7 @@ from schemas.tables import RequestLog
 from tests.conftest import (
     Account,
     MakeAccount,
+    assert_replays,
     free_port,
     log_lines,
     metric_samples,
@@ -173,16 +175,20 @@ async def make_admin(sessions: async_sessionmaker[AsyncSession]) -> Account:
     return Account(user.id, user.name, key)
 
 
-async def run_task(api: httpx.AsyncClient, account: Account, prompt: str) -> None:
+async def run_task(api: httpx.AsyncClient, account: Account, prompt: str) -> str:
+    """Start a task over REST and wait until it has completed; its id."""
     created = await api.post("/v1/tasks", json={"prompt": prompt}, headers=account.headers)
     assert created.status_code == 202, created.text
-    finished = await wait_until_finished(api, created.json()["id"], account.headers)
+    task_id: str = created.json()["id"]
+    finished = await wait_until_finished(api, task_id, account.headers)
     assert finished["status"] == "completed", finished
+    return task_id
 
 
 async def test_analytics_counts_tasks_tool_calls_and_tokens(
     api: httpx.AsyncClient,
     worker: Worker,
+    temporal_client: Client,
     fake_claude: FakeAnthropic,
     sessions: async_sessionmaker[AsyncSession],
     make_account: MakeAccount,
@@ -197,7 +203,7 @@ async def test_analytics_counts_tasks_tool_calls_and_tokens(
         text("Hello Bob.", usage=spent),
     )
     await run_task(api, alice, "Save a note")
-    await run_task(api, alice, "Read a note")
+    failed_tool_task = await run_task(api, alice, "Read a note")
     await run_task(api, bob, "Say hello")
 
     response = await api.get("/v1/analytics", headers=alice.headers)
@@ -249,6 +255,7 @@ async def test_analytics_counts_tasks_tool_calls_and_tokens(
     assert bobs["tasks_by_status"] == {"completed": 1}
     assert bobs["tool_calls"] == []
     assert [day["llm_calls"] for day in bobs["tokens_by_day"]] == [1]
+    await assert_replays(temporal_client.get_workflow_handle(f"task-{failed_tool_task}"))
 
 
 async def test_analytics_across_users_is_for_admins(
