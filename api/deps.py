@@ -1,15 +1,16 @@
 """Dependencies the routes declare: the database session, the Temporal client, the caller."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 
+from api.observability import ApiMetrics, identify_caller
 from core.agents import AgentCatalog, UnknownAgent
 from core.api_keys import authenticate
 from core.db import session_scope
@@ -26,9 +27,15 @@ class TemporalConnection:
     """Connects on first use and again after a failure, so the API starts and answers 503
     while Temporal is down instead of refusing to start."""
 
-    def __init__(self, address: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        settings: Settings | None = None,
+        interceptors: Sequence[Interceptor] = (),
+    ) -> None:
         self._address = address
         self._settings = settings
+        self._interceptors = interceptors
         self._client: Client | None = None
         self._lock = asyncio.Lock()
 
@@ -36,7 +43,9 @@ class TemporalConnection:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await connect_temporal(self._address, settings=self._settings)
+                    self._client = await connect_temporal(
+                        self._address, settings=self._settings, interceptors=self._interceptors
+                    )
                 except RuntimeError as exc:
                     raise ServiceUnavailable(f"Temporal is unreachable: {exc}") from exc
             return self._client
@@ -79,12 +88,18 @@ def require_agent(agents: AgentCatalog, name: str) -> None:
         ) from None
 
 
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
 DbSession = Annotated[AsyncSession, Depends(get_db)]
 # For work that commits on its own (e.g. posting into a session), not the request's session.
 DbSessions = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 TemporalClient = Annotated[Client, Depends(get_temporal)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 Agents = Annotated[AgentCatalog, Depends(get_agents)]
+Metrics = Annotated[ApiMetrics, Depends(get_metrics)]
 
 _bearer = HTTPBearer(auto_error=False)
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -108,6 +123,7 @@ async def user_for_key(request: Request, settings: Settings, key: str | None) ->
             "invalid or revoked API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    identify_caller(request, caller.user.id)
     if not caller.admitted:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,

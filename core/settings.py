@@ -65,6 +65,19 @@ class Settings(BaseSettings):
             return self.codec_cors_origins
         return [f"http://{host}:{self.temporal_ui_port}" for host in ("localhost", "127.0.0.1")]
 
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Prometheus endpoint of the worker; unset: none for `keel worker`, "
+        "9464 for `keel dev`; 0: none.",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry tracing through Temporal's interceptor (the `tracing` extra).",
+    )
+
     @property
     def embedded_pg_dir(self) -> Path:
         return self.home / "pg"

@@ -1,11 +1,13 @@
 """The one Temporal client factory used by the API, the worker, the CLI and the tests."""
 
 import dataclasses
+from collections.abc import Sequence
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfigProfile
+from temporalio.runtime import Runtime
 
 from core.encryption import encryption_codec
 from core.settings import Settings
@@ -25,15 +27,26 @@ def data_converter(settings: Settings | None) -> DataConverter:
 
 
 async def connect_temporal(
-    address: str | None = None, namespace: str | None = None, *, settings: Settings | None = None
+    address: str | None = None,
+    namespace: str | None = None,
+    *,
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
     """Connect with Temporal's standard client configuration (`TEMPORAL_ADDRESS`,
     `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS, profiles in the config file), then the
-    explicit overrides, using Keel's data converter (encrypting when `settings` say so)."""
+    explicit overrides, using Keel's data converter (encrypting when `settings` say so).
+    `runtime` (metrics) and `interceptors` (tracing) apply to workers built on the client."""
     config = ClientConfigProfile.load().to_client_connect_config()
     if address is not None:
         config["target_host"] = address
     if namespace is not None:
         config["namespace"] = namespace
     config.setdefault("target_host", "127.0.0.1:7233")
-    return await Client.connect(**config, data_converter=data_converter(settings))
+    return await Client.connect(
+        **config,
+        data_converter=data_converter(settings),
+        runtime=runtime,
+        interceptors=interceptors,
+    )

@@ -1,6 +1,6 @@
 """REST request and response bodies."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator
@@ -267,3 +267,50 @@ class CodecPayload(BaseModel):
 
 class CodecPayloads(BaseModel):
     payloads: list[CodecPayload]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    postgres: str = Field(description="`ok`, or `down: ` and why.")
+    temporal: str = Field(description="`ok`, or `down: ` and why.")
+
+
+class ToolCallStats(BaseModel):
+    tool: str
+    calls: int = Field(description="Tool calls Claude asked for, whatever became of them.")
+    succeeded: int = Field(description="Calls that ran and returned a result (`ok`, `answered`).")
+    success_rate: float
+    mean_latency_ms: float | None = Field(
+        description="From the tool's start to its result, over the calls that ran."
+    )
+    outcomes: dict[str, int] = Field(
+        description="Calls by outcome: `ok`, `error`, `failed`, `refused`, `rejected`, `expired`..."
+    )
+
+
+class TokensOnDay(BaseModel):
+    day: date
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class RouteStats(BaseModel):
+    method: str
+    route: str | None = Field(description="The route template; null for paths no route matched.")
+    requests: int
+    client_errors: int = Field(description="Answered 4xx.")
+    server_errors: int = Field(description="Answered 5xx.")
+    mean_latency_ms: float
+
+
+class Analytics(BaseModel):
+    scope: Literal["user", "all_users"]
+    days: int
+    since: datetime = Field(description="Start of the window: midnight UTC, `days` days back.")
+    tasks_by_status: dict[str, int] = Field(description="Tasks created in the window.")
+    tool_calls: list[ToolCallStats]
+    tokens_by_day: list[TokensOnDay] = Field(description="Every day of the window, oldest first.")
+    requests: list[RouteStats] = Field(description="API requests from the request log.")

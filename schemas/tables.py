@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -267,3 +267,25 @@ class SessionTurn(SQLModel, table=True):
         default=False, description="Claude sees no turn before this one (a fresh conversation)."
     )
     created_at: datetime = _timestamp()
+
+
+class RequestLog(SQLModel, table=True):
+    """One API request: who made it (when authenticated), the route template, how it
+    ended and how long it took. Written in batches by the API, off the request path."""
+
+    __tablename__ = "request_logs"
+    __table_args__ = (Index("ix_request_logs_user_id_created_at", "user_id", "created_at"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow,
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True),
+    )
+    request_id: str
+    user_id: str | None = None
+    method: str
+    route: str | None = Field(default=None, description="The route template; null if none matched.")
+    status: int
+    latency_ms: float

@@ -4,6 +4,9 @@ real `anthropic` SDK talks to. Each test gets a fresh task queue and its own use
 
 import asyncio
 import importlib.metadata
+import io
+import json
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +20,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.api.enums.v1 import IndexedValueType
@@ -28,6 +32,7 @@ from temporalio.worker import Replayer, Worker
 
 from api.main import create_app
 from core.db import create_engine, migrate, session_factory, session_scope, start_embedded_postgres
+from core.logging import configure_logging
 from core.records import create_user
 from core.settings import Settings
 from core.temporal import connect_temporal
@@ -243,3 +248,32 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Logging configured as Keel's processes configure it (JSON), written to a buffer."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("INFO", "json")
+    buffer = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    yield buffer
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def log_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def metric_samples(metrics_text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples called `name` in Prometheus text, by their labels."""
+    return {
+        frozenset(sample.labels.items()): sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name
+    }

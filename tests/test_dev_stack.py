@@ -28,6 +28,7 @@ class DevStack:
 
     def __init__(self, home: Path, fake_claude: FakeAnthropic) -> None:
         self.api_port, self.temporal_port, self.ui_port = free_port(), free_port(), free_port()
+        self.metrics_port = free_port()
         self.log = home / "dev.log"
         self.env = {
             key: value
@@ -38,6 +39,7 @@ class DevStack:
             "KEEL_API_PORT": str(self.api_port),
             "KEEL_TEMPORAL_PORT": str(self.temporal_port),
             "KEEL_TEMPORAL_UI_PORT": str(self.ui_port),
+            "KEEL_WORKER_METRICS_PORT": str(self.metrics_port),
             "KEEL_LOG_FORMAT": "json",
             "ANTHROPIC_API_KEY": "sk-ant-test-secret",
             "ANTHROPIC_BASE_URL": fake_claude.base_url,
@@ -135,6 +137,15 @@ def test_dev_stack_survives_being_killed_mid_task(
     task = wait_for_status(stack, task_id, key, timeout=120)
     assert task["status"] == "completed"
     assert task["result"] == {"text": "Saved your plan."}
+    # The worker's metrics endpoint (on by default in keel dev) saw the restarted task's tool
+    # and Claude calls; the API's saw its requests.
+    worker_metrics = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
+    assert 'keel_llm_calls{activity_type="call_model"' in worker_metrics
+    assert "temporal_workflow_completed{" in worker_metrics
+    api_metrics = httpx.get(f"{stack.url}/metrics").text
+    assert 'keel_http_requests_total{method="GET",route="/v1/tasks/{task_id}",status="200"}' in (
+        api_metrics
+    )
 
     listed = subprocess.run(
         [

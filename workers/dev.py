@@ -19,6 +19,10 @@ from workers.worker import run_worker
 
 log = structlog.get_logger(__name__)
 
+# `keel dev` serves the worker's Prometheus metrics here unless KEEL_WORKER_METRICS_PORT says
+# otherwise (0: not at all).
+DEV_WORKER_METRICS_PORT = 9464
+
 
 class PortTaken(Exception):
     pass
@@ -103,6 +107,12 @@ async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
         ensure_port_free("127.0.0.1", settings.temporal_port, "Temporal")
         ensure_port_free("127.0.0.1", settings.temporal_ui_port, "Temporal Web UI")
     ensure_port_free(settings.api_host, settings.api_port, "Keel API")
+    if settings.worker_metrics_port is None:
+        settings = settings.model_copy(update={"worker_metrics_port": DEV_WORKER_METRICS_PORT})
+    if settings.worker_metrics_port:
+        ensure_port_free(
+            settings.worker_metrics_host, settings.worker_metrics_port, "worker metrics"
+        )
     settings.home.mkdir(parents=True, exist_ok=True)
 
     url = await asyncio.to_thread(database_url, settings)

@@ -19,6 +19,7 @@ from api.deps import (
     CurrentUser,
     DbSession,
     DbSessions,
+    Metrics,
     ServiceUnavailable,
     TemporalClient,
     admin_scope,
@@ -108,6 +109,7 @@ async def create_task(
     client: TemporalClient,
     settings: AppSettings,
     agents: Agents,
+    metrics: Metrics,
 ) -> TaskCreated:
     """Start an agent task (at `start_at`, if given); follow it with GET /v1/tasks/{id}.
     With `session_id`, the prompt is posted into that session, and the task answers it in
@@ -149,6 +151,7 @@ async def create_task(
         await session.exec(delete(Task).where(col(Task.id) == task.task_id))
         await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
+    metrics.tasks_started.labels(task.agent).inc()
     return TaskCreated(id=task.task_id, status=initial)
 
 
