@@ -58,6 +58,7 @@ STREAM_ERROR_STATUSES = {
     "overloaded_error": 529,
 }
 HEARTBEAT_INTERVAL_SECONDS = 1.0
+OFFLINE_MODEL = "offline"
 DELTA_FLUSH_SECONDS = 0.25
 
 
@@ -131,6 +132,20 @@ def claude_errors() -> Iterator[None]:
         # than Temporal keeps of a failure, and history would show only "Failure exceeds
         # size limit." instead of the reason. The message carries what matters.
         raise classify_claude_error(exc) from None
+
+
+def _count_call(model: str, outcome: str, usage: Usage | None = None) -> None:
+    """Record one model call (`outcome`: `ok` or the error type) and the tokens it spent,
+    through the SDK's meter, so they reach the worker's metrics endpoint."""
+    meter = activity.metric_meter()
+    meter.create_counter("keel_llm_calls", "Model calls by model and outcome.", "calls").add(
+        1, {"model": model, "outcome": outcome}
+    )
+    if usage is not None:
+        tokens = meter.create_counter("keel_llm_tokens", "Tokens by model and kind.", "tokens")
+        for kind, count in usage.model_dump().items():
+            if count:
+                tokens.add(count, {"model": model, "kind": kind.removesuffix("_tokens")})
 
 
 @asynccontextmanager
@@ -214,9 +229,15 @@ class LlmActivities:
                 conversation, request.tool_names, request.assistant_seq
             )
             usage = Usage()
+            _count_call(OFFLINE_MODEL, "ok")
         else:
-            async with _heartbeating():
-                content, stop_reason, usage = await self._ask_claude(request, conversation)
+            try:
+                async with _heartbeating():
+                    content, stop_reason, usage = await self._ask_claude(request, conversation)
+            except ApplicationError as error:
+                _count_call(request.model, error.type or "error")
+                raise
+            _count_call(request.model, "ok", usage)
 
         async with session_scope(self._sessions) as session:
             written = await write_message(

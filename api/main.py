@@ -11,11 +11,27 @@ from temporalio.service import RPCError
 
 from activities.builtin_tools import builtin_registry
 from api.deps import ServiceUnavailable, TemporalConnection
-from api.routes import approvals, catalog, health, me, notifications, schedules, sessions, tasks
+from api.limits import BodySizeLimit
+from api.observability import install_observability
+from api.routes import (
+    analytics,
+    approvals,
+    catalog,
+    codec,
+    health,
+    keys,
+    me,
+    notifications,
+    schedules,
+    sessions,
+    tasks,
+)
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
+from core.encryption import encryption_codec
 from core.session_client import SessionNotFound
 from core.settings import Settings
+from core.telemetry import tracing_interceptors
 
 log = structlog.get_logger(__name__)
 
@@ -30,11 +46,23 @@ def create_app(
         engine = create_engine(database_url)
         app.state.settings = settings
         app.state.sessions = session_factory(engine)
-        app.state.temporal = TemporalConnection(temporal_address)
+        # API-key lookups commit at once, so a key's rate-limit row is never held locked, and
+        # do not wait for the WAL flush: a crash may forget a few counts, nothing else.
+        auth_engine = create_engine(
+            database_url, connect_args={"options": "-c synchronous_commit=off"}
+        )
+        app.state.autocommit_engine = auth_engine.execution_options(isolation_level="AUTOCOMMIT")
+        app.state.temporal = TemporalConnection(
+            temporal_address, settings, tracing_interceptors(settings.tracing, "keel-api")
+        )
         app.state.agents = AgentCatalog.load(settings.agents_file)
         app.state.tools = builtin_registry()
+        app.state.codec = encryption_codec(settings)
+        app.state.request_log.start(app.state.sessions)
         yield
+        await app.state.request_log.close()
         await engine.dispose()
+        await auth_engine.dispose()
 
     app = FastAPI(
         title="Keel",
@@ -50,6 +78,14 @@ def create_app(
     app.include_router(notifications.router)
     app.include_router(schedules.router)
     app.include_router(sessions.router)
+    app.include_router(keys.router)
+    app.include_router(codec.router)
+    app.include_router(analytics.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
+    # Last, so outermost: every answer (a 413 or 429 too) is counted, logged, and carries
+    # its request id.
+    install_observability(app)
 
     @app.exception_handler(SessionNotFound)
     async def session_not_found(_request: Request, exc: Exception) -> JSONResponse:

@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,12 +32,13 @@ def database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.embedded_pg_dir.resolve())
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """The async engine. No `pool_pre_ping`: it costs a round trip on every checkout, and a
-    connection that died (Postgres restarted) fails its one statement, invalidates the pool,
-    and the work is retried (an activity by Temporal, a request by its client after a 503).
-    Connections are recycled before servers or proxies drop them as idle."""
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+def create_engine(url: str, **options: Any) -> AsyncEngine:
+    """The async engine; `options` go to SQLAlchemy as they are. No `pool_pre_ping`: it
+    costs a round trip on every checkout, and a connection that died (Postgres restarted)
+    fails its one statement, invalidates the pool, and the work is retried (an activity by
+    Temporal, a request by its client after a 503). Connections are recycled before servers
+    or proxies drop them as idle."""
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, **options)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

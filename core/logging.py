@@ -22,6 +22,20 @@ def _clean_event(
     return event
 
 
+def _lift_temporal_ids(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Temporal's workflow and activity loggers put their details (workflow_id, run_id,
+    activity_id, ...) in one nested dict; lift them to the top level, beside the API's
+    request_id and user_id, so one filter finds every line of a task."""
+    for key in ("temporal_workflow", "temporal_activity"):
+        details = event.pop(key, None)
+        if isinstance(details, dict):
+            for name, value in details.items():
+                event.setdefault(name, value)
+    return event
+
+
 # A Telegram bot token (`<bot id>:<35 characters>`): the Bot API puts it in every URL, and
 # python-telegram-bot and httpx write URLs and errors to the log.
 _TELEGRAM_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")
@@ -47,6 +61,7 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
+        _lift_temporal_ids,
         _clean_event,
     ]
     renderer: structlog.typing.Processor = (

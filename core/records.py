@@ -1,23 +1,14 @@
 """Records shared by the API, the CLI and the activities: users, API keys, task rows,
 memories."""
 
-import hashlib
-import secrets
-
 from sqlalchemy import or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.api_keys import create_api_key
 from schemas.agent_task import StartAgentTaskInput, TaskStatus
-from schemas.tables import ApiKey, Memory, Task, User, utcnow
-
-API_KEY_PREFIX = "keel_"
-
-
-def hash_api_key(key: str) -> str:
-    """Keys are 256-bit random strings, so a plain SHA-256 is a sound one-way store."""
-    return hashlib.sha256(key.encode()).hexdigest()
+from schemas.tables import Memory, Task, User, utcnow
 
 
 async def create_user(
@@ -28,21 +19,10 @@ async def create_user(
     if existing is not None:
         raise ValueError(f"a user named {name!r} already exists")
     user = User(name=name, is_admin=is_admin)
-    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(user)
     await session.flush()
-    session.add(ApiKey(user_id=user.id, key_hash=hash_api_key(key), prefix=key[:12]))
-    return user, key
-
-
-async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
-    """The user owning this key, if the key exists and is not revoked."""
-    statement = (
-        select(User)
-        .join(ApiKey)
-        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at == None)  # noqa: E711
-    )
-    return (await session.exec(statement)).first()
+    _key, secret = await create_api_key(session, user.id)
+    return user, secret
 
 
 async def insert_task_row(

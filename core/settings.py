@@ -38,6 +38,45 @@ class Settings(BaseSettings):
     )
     default_context_tokens: int = Field(default=32_000, ge=256)
     session_idle_seconds: float = Field(default=3600.0, gt=0)
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per minute per API key; 0 disables the limit."
+    )
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest request body.")
+    max_prompt_chars: int = Field(default=100_000, ge=1, description="Longest task prompt.")
+    max_running_tasks_per_user: int = Field(
+        default=20, ge=0, description="Tasks a user may have unfinished at once; 0: no limit."
+    )
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description="Temporal payload keys, `id:base64key` pairs separated by commas; unset: off.",
+    )
+    encryption_key_id: str | None = Field(
+        default=None, description="The key (by id) that encrypts new payloads."
+    )
+    codec_cors_origins: list[str] | None = Field(
+        default=None,
+        description="Origins (the Temporal Web UI) allowed to call the codec endpoint; unset: "
+        "the dev Web UI's, on localhost and 127.0.0.1 at temporal_ui_port.",
+    )
+
+    @property
+    def codec_origins(self) -> list[str]:
+        if self.codec_cors_origins is not None:
+            return self.codec_cors_origins
+        return [f"http://{host}:{self.temporal_ui_port}" for host in ("localhost", "127.0.0.1")]
+
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Prometheus endpoint of the worker; unset: none for `keel worker`, "
+        "9464 for `keel dev`; 0: none.",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry tracing through Temporal's interceptor (the `tracing` extra).",
+    )
     telegram_bot_token: SecretStr | None = Field(
         default=None, description="The bot's token from @BotFather; unset: no Telegram."
     )

@@ -1,6 +1,6 @@
 """REST request and response bodies."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator
@@ -17,8 +17,6 @@ from schemas.agent_task import (
 )
 from schemas.tool_preferences import ToolPreferenceValue
 
-PROMPT_MAX_CHARS = 100_000
-
 
 def _not_blank(text: str) -> str:
     if not text.strip():
@@ -26,8 +24,12 @@ def _not_blank(text: str) -> str:
     return text
 
 
-# A prompt or message: some text, up to PROMPT_MAX_CHARS.
-Text = Annotated[str, Field(min_length=1, max_length=PROMPT_MAX_CHARS), AfterValidator(_not_blank)]
+# A prompt or message: some text (the API caps its length at KEEL_MAX_PROMPT_CHARS).
+Text = Annotated[
+    str,
+    Field(min_length=1, description="At most KEEL_MAX_PROMPT_CHARS characters."),
+    AfterValidator(_not_blank),
+]
 
 
 class CreateTaskRequest(BaseModel):
@@ -70,6 +72,7 @@ class TaskResultBody(BaseModel):
 
 class TaskView(BaseModel):
     id: str
+    user_id: str
     status: TaskStatus
     phase: str
     agent: str
@@ -132,6 +135,7 @@ class ApprovalEntry(BaseModel):
 
     id: str
     task_id: str
+    user_id: str
     tool: str
     arguments: dict[str, Any]
     status: ApprovalStatus = Field(
@@ -226,6 +230,90 @@ class TurnView(BaseModel):
 class TurnPage(BaseModel):
     items: list[TurnView]
     next_after: int | None = Field(description="Pass as `after` for the next page.")
+
+
+class ApiKeyView(BaseModel):
+    """An API key as its owner sees it: never the secret, only enough to tell keys apart."""
+
+    id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CreateApiKeyRequest(BaseModel):
+    name: str = Field(default="", max_length=100, description="A label, e.g. `laptop`.")
+
+
+class ApiKeyCreated(ApiKeyView):
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class ApiKeyRevoked(ApiKeyView):
+    revoked_current_key: bool = Field(
+        description="True when the request itself used this key: it gets 401 from now on."
+    )
+    detail: str
+
+
+class CodecPayload(BaseModel):
+    """A Temporal payload in protobuf JSON: base64 metadata values and data."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+    data: str = ""
+
+
+class CodecPayloads(BaseModel):
+    payloads: list[CodecPayload]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    postgres: str = Field(description="`ok`, or `down: ` and why.")
+    temporal: str = Field(description="`ok`, or `down: ` and why.")
+
+
+class ToolCallStats(BaseModel):
+    tool: str
+    calls: int = Field(description="Tool calls Claude asked for, whatever became of them.")
+    succeeded: int = Field(description="Calls that ran and returned a result (`ok`, `answered`).")
+    success_rate: float
+    mean_latency_ms: float | None = Field(
+        description="From the tool's start to its result, over the calls that ran."
+    )
+    outcomes: dict[str, int] = Field(
+        description="Calls by outcome: `ok`, `error`, `failed`, `refused`, `rejected`, `expired`..."
+    )
+
+
+class TokensOnDay(BaseModel):
+    day: date
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class RouteStats(BaseModel):
+    method: str
+    route: str | None = Field(description="The route template; null for paths no route matched.")
+    requests: int
+    client_errors: int = Field(description="Answered 4xx.")
+    server_errors: int = Field(description="Answered 5xx.")
+    mean_latency_ms: float
+
+
+class Analytics(BaseModel):
+    scope: Literal["user", "all_users"]
+    days: int
+    since: datetime = Field(description="Start of the window: midnight UTC, `days` days back.")
+    tasks_by_status: dict[str, int] = Field(description="Tasks created in the window.")
+    tool_calls: list[ToolCallStats]
+    tokens_by_day: list[TokensOnDay] = Field(description="Every day of the window, oldest first.")
+    requests: list[RouteStats] = Field(description="API requests from the request log.")
 
 
 class TelegramLinkCode(BaseModel):

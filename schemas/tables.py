@@ -47,6 +47,17 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    name: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    last_used_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    # The rate limit's sliding window: requests admitted in the current minute and the one
+    # before it (see core/api_keys.py).
+    rate_window_start: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    rate_window_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    rate_previous_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Task(SQLModel, table=True):
@@ -256,6 +267,28 @@ class SessionTurn(SQLModel, table=True):
         default=False, description="Claude sees no turn before this one (a fresh conversation)."
     )
     created_at: datetime = _timestamp()
+
+
+class RequestLog(SQLModel, table=True):
+    """One API request: who made it (when authenticated), the route template, how it
+    ended and how long it took. Written in batches by the API, off the request path."""
+
+    __tablename__ = "request_logs"
+    __table_args__ = (Index("ix_request_logs_user_id_created_at", "user_id", "created_at"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow,
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True),
+    )
+    request_id: str
+    user_id: str | None = None
+    method: str
+    route: str | None = Field(default=None, description="The route template; null if none matched.")
+    status: int
+    latency_ms: float
 
 
 class UserChannel(SQLModel, table=True):

@@ -4,18 +4,23 @@ real `anthropic` SDK talks to. Each test gets a fresh task queue and its own use
 
 import asyncio
 import importlib.metadata
+import io
+import json
+import logging
 import os
 import shutil
 import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.api.enums.v1 import IndexedValueType
@@ -27,6 +32,7 @@ from temporalio.worker import Replayer, Worker
 
 from api.main import create_app
 from core.db import create_engine, migrate, session_factory, session_scope, start_embedded_postgres
+from core.logging import configure_logging
 from core.records import create_user
 from core.settings import Settings
 from core.temporal import connect_temporal
@@ -133,12 +139,26 @@ MakeAccount = Callable[..., Awaitable[Account]]
 
 @pytest.fixture
 def make_account(sessions: async_sessionmaker[AsyncSession]) -> MakeAccount:
-    async def make(name: str | None = None) -> Account:
+    async def make(name: str | None = None, *, admin: bool = False) -> Account:
         async with session_scope(sessions) as session:
-            user, key = await create_user(session, name or f"user-{uuid.uuid4().hex[:8]}")
+            user, key = await create_user(
+                session, name or f"user-{uuid.uuid4().hex[:8]}", is_admin=admin
+            )
         return Account(user.id, user.name, key)
 
     return make
+
+
+@asynccontextmanager
+async def serve_api(
+    settings: Settings, database_url: str, temporal_address: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the real FastAPI app with these settings, lifespan included."""
+    app = create_app(settings, database_url, temporal_address)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
+            yield client
 
 
 @pytest.fixture
@@ -146,11 +166,8 @@ async def api(
     settings: Settings, database_url: str, temporal_address: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real FastAPI app, lifespan included, over HTTP (ASGI transport)."""
-    app = create_app(settings, database_url, temporal_address)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
-            yield client
+    async with serve_api(settings, database_url, temporal_address) as client:
+        yield client
 
 
 async def start_task(
@@ -238,3 +255,32 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Logging configured as Keel's processes configure it (JSON), written to a buffer."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("INFO", "json")
+    buffer = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    yield buffer
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def log_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def metric_samples(metrics_text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples called `name` in Prometheus text, by their labels."""
+    return {
+        frozenset(sample.labels.items()): sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name
+    }

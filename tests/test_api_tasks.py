@@ -78,7 +78,7 @@ async def test_bad_input_is_refused_naming_the_field(
 async def test_health(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).status_code == 200
     ready = await api.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 
 async def test_task_list_pages_newest_first(

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.encryption import generate_key
 from tests.conftest import free_port
 from tests.fake_anthropic import FakeAnthropic, ToolCall, hang, text, tool_use
 from workers.dev import ensure_port_free
@@ -27,6 +28,7 @@ class DevStack:
 
     def __init__(self, home: Path, fake_claude: FakeAnthropic) -> None:
         self.api_port, self.temporal_port, self.ui_port = free_port(), free_port(), free_port()
+        self.metrics_port = free_port()
         self.log = home / "dev.log"
         self.env = {
             key: value
@@ -37,6 +39,7 @@ class DevStack:
             "KEEL_API_PORT": str(self.api_port),
             "KEEL_TEMPORAL_PORT": str(self.temporal_port),
             "KEEL_TEMPORAL_UI_PORT": str(self.ui_port),
+            "KEEL_WORKER_METRICS_PORT": str(self.metrics_port),
             "KEEL_LOG_FORMAT": "json",
             "ANTHROPIC_API_KEY": "sk-ant-test-secret",
             "ANTHROPIC_BASE_URL": fake_claude.base_url,
@@ -134,6 +137,15 @@ def test_dev_stack_survives_being_killed_mid_task(
     task = wait_for_status(stack, task_id, key, timeout=120)
     assert task["status"] == "completed"
     assert task["result"] == {"text": "Saved your plan."}
+    # The worker's metrics endpoint (on by default in keel dev) saw the restarted task's tool
+    # and Claude calls; the API's saw its requests.
+    worker_metrics = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
+    assert 'keel_llm_calls{activity_type="call_model"' in worker_metrics
+    assert "temporal_workflow_completed{" in worker_metrics
+    api_metrics = httpx.get(f"{stack.url}/metrics").text
+    assert 'keel_http_requests_total{method="GET",route="/v1/tasks/{task_id}",status="200"}' in (
+        api_metrics
+    )
 
     listed = subprocess.run(
         [
@@ -164,3 +176,39 @@ def test_dev_refuses_a_taken_port(stack: DevStack) -> None:
         done = subprocess.run([KEEL, "dev"], env=stack.env, capture_output=True, text=True)
     assert done.returncode == 1
     assert f"port {stack.api_port} (Keel API) is already taken" in done.stderr
+
+
+def test_dev_with_encryption_keeps_prompts_out_of_temporal(
+    stack: DevStack, fake_claude: FakeAnthropic
+) -> None:
+    stack.env |= {
+        "KEEL_ENCRYPTION_KEYS": f"k1:{generate_key()}",
+        "KEEL_ENCRYPTION_KEY_ID": "k1",
+    }
+    stack.start()
+    admin_key = stack.keel("users", "create", "root", "--admin").strip().splitlines()[-1]
+    fake_claude.script(text("Ask Henrietta Vasquez-Oyelaran."))
+    created = httpx.post(
+        f"{stack.url}/v1/tasks",
+        json={"prompt": "Who plans the Zanzibar offsite?"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
+    task = wait_for_status(stack, created.json()["id"], admin_key, timeout=60)
+    assert (task["prompt"], task["result"]) == (
+        "Who plans the Zanzibar offsite?",
+        {"text": "Ask Henrietta Vasquez-Oyelaran."},
+    )
+
+    show = [TEMPORAL, "workflow", "show", "--address", f"127.0.0.1:{stack.temporal_port}"]
+    show += ["--workflow-id", f"task-{task['id']}", "--detailed"]
+    encrypted = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    assert "Zanzibar" not in encrypted and "Henrietta" not in encrypted
+
+    # Operators: the CLI with an admin key, and the Web UI, which keel dev points at the API.
+    codec = ["--codec-endpoint", f"{stack.url}/codec", "--codec-auth", f"Bearer {admin_key}"]
+    decoded = subprocess.run(show + codec, capture_output=True, text=True, check=True).stdout
+    assert "input[0].prompt: Who plans the Zanzibar offsite?" in decoded
+    assert "Henrietta" in decoded
+    ui_settings = httpx.get(f"http://127.0.0.1:{stack.ui_port}/api/v1/settings").json()
+    assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{stack.api_port}/codec"
+    assert stack.terminate() == 0

@@ -320,6 +320,7 @@ async def test_approvals_are_listed_newest_first_and_filtered(
     assert shown == {
         "id": rejected,
         "task_id": first_task,
+        "user_id": alice.id,
         "tool": "http_fetch",
         "arguments": {"url": "https://example.com/"},
         "status": "rejected",

@@ -20,6 +20,10 @@ from workers.worker import run_worker
 
 log = structlog.get_logger(__name__)
 
+# `keel dev` serves the worker's Prometheus metrics here unless KEEL_WORKER_METRICS_PORT says
+# otherwise (0: not at all).
+DEV_WORKER_METRICS_PORT = 9464
+
 
 class PortTaken(Exception):
     pass
@@ -49,12 +53,18 @@ class TemporalDevServer:
     """`temporal server start-dev` with Keel's search attributes, as a child process."""
 
     def __init__(
-        self, db_file: Path | None, port: int, ui_port: int | None, log_file: Path
+        self,
+        db_file: Path | None,
+        port: int,
+        ui_port: int | None,
+        log_file: Path,
+        ui_codec_endpoint: str | None = None,
     ) -> None:
         self.address = f"127.0.0.1:{port}"
         command = [temporal_cli(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
         command += ["--db-filename", str(db_file)] if db_file else []
         command += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+        command += ["--ui-codec-endpoint", ui_codec_endpoint] if ui_codec_endpoint else []
         command += ["--log-level", "warn"]
         for key in search_attributes.ALL:
             command += ["--search-attribute", f"{key.name}=Keyword"]
@@ -99,6 +109,12 @@ async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
         ensure_port_free("127.0.0.1", settings.temporal_port, "Temporal")
         ensure_port_free("127.0.0.1", settings.temporal_ui_port, "Temporal Web UI")
     ensure_port_free(settings.api_host, settings.api_port, "Keel API")
+    if settings.worker_metrics_port is None:
+        settings = settings.model_copy(update={"worker_metrics_port": DEV_WORKER_METRICS_PORT})
+    if settings.worker_metrics_port:
+        ensure_port_free(
+            settings.worker_metrics_host, settings.worker_metrics_port, "worker metrics"
+        )
     settings.home.mkdir(parents=True, exist_ok=True)
 
     url = await asyncio.to_thread(database_url, settings)
@@ -111,6 +127,11 @@ async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
             settings.temporal_port,
             settings.temporal_ui_port,
             settings.home / "temporal.log",
+            # With encryption on, the Web UI decodes through the API (see README, Security),
+            # named like the UI's own host, so the browser's codec cookie is first-party.
+            ui_codec_endpoint=(
+                f"http://localhost:{settings.api_port}/codec" if settings.encryption_keys else None
+            ),
         )
         await temporal.start()
         address = temporal.address

@@ -484,7 +484,7 @@ async def run_telegram(
     """Run the bot until `stop` is set: long polling, or a webhook when
     KEEL_TELEGRAM_WEBHOOK_URL is set."""
     engine = create_engine(database_url)
-    client = await connect_temporal(temporal_address)
+    client = await connect_temporal(temporal_address, settings=settings)
     webhook = settings.telegram_webhook_url is not None
     application = KeelBot(settings, session_factory(engine), client).application(
         with_updater=not webhook

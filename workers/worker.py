@@ -22,6 +22,7 @@ from activities.tools import ToolActivities
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
 from core.settings import Settings
+from core.telemetry import metrics_runtime, tracing_interceptors
 from core.temporal import connect_temporal
 from workflows.agent_task import AgentTaskWorkflow
 from workflows.reminder import ReminderWorkflow
@@ -104,9 +105,22 @@ def build_worker(
 async def run_worker(
     settings: Settings, database_url: str, stop: asyncio.Event, temporal_address: str | None = None
 ) -> None:
-    """Poll Temporal until `stop` is set, then finish in-flight work and return."""
+    """Poll Temporal until `stop` is set, then finish in-flight work and return. Serves
+    Prometheus metrics on KEEL_WORKER_METRICS_PORT when it is set (and not 0)."""
     engine = create_engine(database_url)
-    client = await connect_temporal(temporal_address)
+    runtime = None
+    if settings.worker_metrics_port:
+        runtime = metrics_runtime(settings.worker_metrics_host, settings.worker_metrics_port)
+        log.info(
+            "worker metrics served",
+            url=f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics",
+        )
+    client = await connect_temporal(
+        temporal_address,
+        settings=settings,
+        runtime=runtime,
+        interceptors=tracing_interceptors(settings.tracing, "keel-worker"),
+    )
     worker = build_worker(client, settings, session_factory(engine), anthropic_client())
     log.info("worker polling", task_queue=settings.task_queue)
     async with worker:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.search_attributes import PHASE
     from schemas.session import FoldContextInput
+    from workflows.metrics import count_approval, count_tool_call
     from workflows.timeouts import (
         LLM_HEARTBEAT_TIMEOUT,
         LLM_RETRY,
@@ -175,6 +176,16 @@ class AgentTaskWorkflow:
                 await self._record_end()
                 raise
         await self._record_end()
+        workflow.logger.info(
+            "task %s",
+            self._progress.status.value,
+            extra={
+                "task_id": task.task_id,
+                "user_id": task.user_id,
+                "stop_reason": self._progress.stop_reason,
+                "usage": self._progress.usage.model_dump(),
+            },
+        )
         if task.notify or task.channel != INTERACTIVE_CHANNEL:
             await self._notify_finished(task)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -422,6 +433,7 @@ class AgentTaskWorkflow:
         except TimeoutError:
             approval.status = ApprovalStatus.EXPIRED
         self._refresh_phase()
+        count_approval(call.name, approval.status.value)
         await self._record_approval(task, approval, f"{call.name} {approval.status.value}")
         return approval
 
@@ -516,6 +528,8 @@ class AgentTaskWorkflow:
         step.duration_ms = int((step.finished_at - step.started_at).total_seconds() * 1000)
         step.outcome = outcome
         step.detail = detail
+        if step.kind == "tool":
+            count_tool_call(step.name, outcome)
 
     def _end(
         self,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import ColumnElement, and_, or_
 from sqlmodel import col, select
 
-from api.deps import CurrentUser, DbSession
+from api.deps import CurrentUser, DbSession, admin_scope
 from api.paging import newest_first
 from schemas.agent_task import ApprovalStatus
 from schemas.api import ApprovalEntry, ApprovalPage
@@ -41,6 +41,7 @@ def _entry(approval: Approval, now: datetime) -> ApprovalEntry:
     return ApprovalEntry(
         id=approval.id,
         task_id=approval.task_id,
+        user_id=approval.user_id,
         tool=approval.tool,
         arguments=approval.arguments,
         status=_effective_status(approval, now),
@@ -61,12 +62,15 @@ async def list_approvals(
     task_id: str | None = Query(default=None, description="only this task's approvals"),
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, description="`next_cursor` of the previous page"),
+    all_users: bool = Query(default=False, description="every user's approvals (admins only)"),
 ) -> ApprovalPage:
     """The caller's approvals, newest request first: `pending` ones await a decision at
     POST /v1/tasks/{task_id}/approvals/{id}; a pending approval past `expires_at` is shown
-    (and filtered) as `expired`."""
+    (and filtered) as `expired`. Admins see every user's with `all_users=true`."""
     now = utcnow()
-    statement = select(Approval).where(Approval.user_id == user.id)
+    statement = select(Approval)
+    if not admin_scope(user, all_users):
+        statement = statement.where(Approval.user_id == user.id)
     if status_filter is not None:
         statement = statement.where(_status_condition(status_filter, now))
     if task_id is not None:

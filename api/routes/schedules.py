@@ -23,6 +23,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Agents, AppSettings, CurrentUser, DbSession, TemporalClient, require_agent
+from api.limits import ensure_prompt_size
 from api.paging import newest_first
 from api.schedules import owner_attributes, schedule_view, temporal_id, temporal_schedule
 from core.audit import audit
@@ -126,6 +127,7 @@ async def create_schedule(
 ) -> ScheduleView:
     """Create a schedule: its task runs at each `cron` time (or `every` interval) in
     `timezone`, and each result arrives in your notifications."""
+    ensure_prompt_size(settings, body.prompt)
     agent = body.agent
     if body.session_id is not None:
         agent = (await owned_session(session, body.session_id, user.id)).agent
@@ -207,6 +209,8 @@ async def update_schedule(
     reverse; `paused` pauses or resumes it."""
     if body.agent is not None:
         require_agent(agents, body.agent)
+    if body.prompt is not None:
+        ensure_prompt_size(settings, body.prompt)
     row = await _owned(session, schedule_id, user)
     changes = body.model_dump(exclude_none=True, exclude={"paused"})
     if body.cron is not None:

@@ -2,7 +2,10 @@
 the earlier turns. Another user's session answers 404 on every route."""
 
 from fastapi import APIRouter, Query, status
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
 
 from api.deps import (
     Agents,
@@ -13,8 +16,10 @@ from api.deps import (
     TemporalClient,
     require_agent,
 )
+from api.limits import ensure_prompt_size, ensure_task_quota
 from api.paging import newest_first
 from core.session_client import owned_session, post_message
+from core.settings import Settings
 from schemas.agent_task import TaskStatus
 from schemas.api import (
     CreateSessionRequest,
@@ -26,7 +31,7 @@ from schemas.api import (
     TurnState,
     TurnView,
 )
-from schemas.tables import ChatSession, SessionTurn, Task
+from schemas.tables import ChatSession, SessionTurn, Task, User
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -122,17 +127,39 @@ async def post_session_message(
 ) -> MessagePosted:
     """Post a message; it is answered after the ones before it, by the task whose id this
     returns (follow it with GET /v1/tasks/{id})."""
+    task_id = await post_within_limits(
+        session, sessions, client, settings, user, session_id, body.text, "text"
+    )
+    return MessagePosted(task_id=task_id)
+
+
+async def post_within_limits(
+    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
+    client: Client,
+    settings: Settings,
+    user: User,
+    session_id: str,
+    text: str,
+    field: str,
+) -> str:
+    """Post the user's message into their session, within the prompt size and unfinished
+    task limits (422 naming `field`, 429); another user's session answers 404."""
+    ensure_prompt_size(settings, text, field)
     await owned_session(session, session_id, user.id)
-    task_id = await post_message(
+    await ensure_task_quota(session, settings, user)
+    # Release the user's row before posting: the session's workflow writes the task row,
+    # and would wait for that lock while this request waits for it.
+    await session.commit()
+    return await post_message(
         client,
         sessions,
         settings,
         session_id=session_id,
         user_id=user.id,
-        text=body.text,
+        text=text,
         channel=API_CHANNEL,
     )
-    return MessagePosted(task_id=task_id)
 
 
 @router.get("/{session_id}/messages", response_model=TurnPage)

@@ -19,15 +19,19 @@ from api.deps import (
     CurrentUser,
     DbSession,
     DbSessions,
+    Metrics,
     ServiceUnavailable,
     TemporalClient,
+    admin_scope,
     require_agent,
 )
 from api.events import event_stream
+from api.limits import ensure_prompt_size, ensure_task_quota
 from api.paging import newest_first
 from api.progress import live_progress
+from api.routes.sessions import post_within_limits
 from core.records import insert_task_row
-from core.session_client import drop_waiting_message, owned_session, post_message
+from core.session_client import drop_waiting_message
 from core.settings import Settings
 from core.task_control import TaskUpdateRefused
 from core.task_control import answer_question as answer_question_update
@@ -81,6 +85,7 @@ def _view(task: Task, progress: TaskProgress | None = None) -> TaskView:
     finished = progress.status in TERMINAL_STATUSES
     return TaskView(
         id=task.id,
+        user_id=task.user_id,
         status=progress.status,
         phase=progress.phase,
         agent=task.agent,
@@ -108,10 +113,12 @@ async def create_task(
     client: TemporalClient,
     settings: AppSettings,
     agents: Agents,
+    metrics: Metrics,
 ) -> TaskCreated:
     """Start an agent task (at `start_at`, if given); follow it with GET /v1/tasks/{id}.
     With `session_id`, the prompt is posted into that session, and the task answers it in
     its turn."""
+    ensure_prompt_size(settings, body.prompt)
     if body.session_id is not None:
         return await _post_into_session(body, user, session, client, sessions, settings)
     require_agent(agents, body.agent)
@@ -127,6 +134,7 @@ async def create_task(
         start_at=body.start_at,
     )
     initial = TaskStatus.SCHEDULED if body.start_at is not None else TaskStatus.RUNNING
+    await ensure_task_quota(session, settings, user)
     # The row first, so the task is listed and owned the moment it exists; removed again
     # if Temporal refuses the start, so nothing half-written is left behind.
     await insert_task_row(session, task)
@@ -147,6 +155,7 @@ async def create_task(
         await session.exec(delete(Task).where(col(Task.id) == task.task_id))
         await session.commit()
         raise ServiceUnavailable(f"Temporal refused the task: {exc.message}") from exc
+    metrics.tasks_started.labels(task.agent).inc()
     return TaskCreated(id=task.task_id, status=initial)
 
 
@@ -171,15 +180,8 @@ async def _post_into_session(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"{field}: not with session_id; the session's agent and budgets apply",
             )
-    await owned_session(session, body.session_id, user.id)
-    task_id = await post_message(
-        client,
-        sessions,
-        settings,
-        session_id=body.session_id,
-        user_id=user.id,
-        text=body.prompt,
-        channel="api",
+    task_id = await post_within_limits(
+        session, sessions, client, settings, user, body.session_id, body.prompt, "prompt"
     )
     return TaskCreated(id=task_id, status=TaskStatus.QUEUED)
 
@@ -210,9 +212,13 @@ async def list_tasks(
     status_filter: TaskStatus | None = Query(default=None, alias="status"),
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, description="`next_cursor` of the previous page"),
+    all_users: bool = Query(default=False, description="every user's tasks (admins only)"),
 ) -> TaskPage:
-    """The caller's tasks, newest first, from the tasks projection."""
-    statement = select(Task).where(Task.user_id == user.id)
+    """The caller's tasks (every user's for an admin with `all_users=true`), newest first,
+    from the tasks projection."""
+    statement = select(Task)
+    if not admin_scope(user, all_users):
+        statement = statement.where(Task.user_id == user.id)
     if status_filter is not None:
         statement = statement.where(Task.status == status_filter.value)
     page, next_cursor = await newest_first(

@@ -1,7 +1,7 @@
 """telegram channel: user channels, link codes, seen updates, sent messages
 
-Revision ID: 0008
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 """
 
 from collections.abc import Sequence
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = '0008'
-down_revision: str | None = '0006'
+revision: str = '0009'
+down_revision: str | None = '0008'
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
