@@ -361,6 +361,28 @@ async def test_a_retry_after_a_partly_sent_answer_sends_only_the_rest(
     assert "\n".join(parts) == answer
 
 
+async def test_a_user_at_the_task_limit_is_told_and_nothing_starts(
+    settings: Settings,
+    fake_telegram: FakeTelegram,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    linked: LinkedChat,
+) -> None:
+    settings.max_running_tasks_per_user = 1
+    chat = linked.chat
+    fake_claude.script(hang(60))
+    fake_telegram.user_says(chat, "first, a long one")
+    await fake_telegram.wait_for(lambda: fake_claude.requests)
+    second = f"second {uuid.uuid4()}"
+    fake_telegram.user_says(chat, second)
+    refusal = await fake_telegram.wait_for_message(chat, "too many unfinished tasks")
+    assert refusal["text"].startswith("Not now:")
+    async with session_scope(sessions) as session:
+        assert (await session.exec(select(Task).where(Task.prompt == second))).first() is None
+    fake_telegram.user_says(chat, "/stop")
+    await fake_telegram.wait_for_message(chat, "Stopping")
+
+
 async def test_a_chat_that_blocked_the_bot_loses_nothing(
     api: httpx.AsyncClient,
     fake_telegram: FakeTelegram,

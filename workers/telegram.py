@@ -43,6 +43,7 @@ from temporalio.service import RPCError
 from activities import events
 from core.channels import TELEGRAM, LinkRefused, linked_user, redeem_link_code, unlink
 from core.db import create_engine, session_factory, session_scope
+from core.limits import TooManyTasks, check_task_quota
 from core.session_client import SessionNotFound, post_message, start_new_conversation
 from core.settings import Settings
 from core.task_control import TaskUpdateRefused, answer_question, cancel_task, decide_approval
@@ -244,6 +245,8 @@ class KeelBot:
         if await self._answered_question(update, message.text):
             return
         try:
+            async with session_scope(self._sessions) as session:
+                await check_task_quota(session, self._settings, user.id)
             task_id = await post_message(
                 self._client,
                 self._sessions,
@@ -255,6 +258,9 @@ class KeelBot:
             )
         except SessionNotFound:
             await _chat(update).send_message(OTHER_ACCOUNT)
+            return
+        except TooManyTasks as exc:
+            await _chat(update).send_message(f"Not now: {exc}.")
             return
         except ValueError as exc:  # e.g. longer than a message may be
             await _chat(update).send_message(f"I can't take that message: {exc}")
