@@ -3,11 +3,12 @@ the activities that do the work, so the workflow's history carries none of it.""
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy import Insert, insert, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.selectable import CTE
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.db import session_scope
-from schemas.tables import TaskEvent
+from schemas.tables import TaskEvent, utcnow
 
 # Event types, as clients see them in the stream.
 TASK_STARTED = "task_started"
@@ -28,9 +29,22 @@ def add_event(session: AsyncSession, task_id: str, event_type: str, **data: Any)
     session.add(TaskEvent(task_id=task_id, type=event_type, data=data))
 
 
-async def emit(
-    sessions: async_sessionmaker[AsyncSession], task_id: str, event_type: str, **data: Any
-) -> None:
-    """Write one event in a transaction of its own."""
-    async with session_scope(sessions) as session:
-        add_event(session, task_id, event_type, **data)
+def insert_event(task_id: str, event_type: str, **data: Any) -> Insert:
+    """The statement writing one event."""
+    return insert(TaskEvent).values(
+        task_id=task_id, type=event_type, data=data, created_at=utcnow()
+    )
+
+
+def insert_event_for_each(rows: CTE, event_type: str, **data: Any) -> Insert:
+    """The statement writing one event for each row `rows` yields (it has a `task_id`
+    column): none when a statement before it found nothing to do."""
+    return insert(TaskEvent).from_select(
+        ["task_id", "type", "data", "created_at"],
+        select(
+            rows.c.task_id,
+            literal(event_type),
+            literal(data, type_=JSONB),
+            literal(utcnow()),
+        ),
+    )

@@ -13,9 +13,9 @@ from temporalio import activity
 
 from activities import events
 from activities.tool_registry import ToolRegistry
-from activities.transcript import tool_result_block, write_message
+from activities.transcript import new_message, tool_result_block
 from core.agents import AgentCatalog
-from core.db import session_scope
+from core.db import autocommit, session_scope
 from core.records import find_memories, insert_task_row
 from core.settings import Settings
 from schemas.agent_task import (
@@ -103,8 +103,10 @@ class StoreActivities:
                 .values(status=TaskStatus.RUNNING.value, updated_at=utcnow())
             )
             prompt = [{"type": "text", "text": task.prompt}]
-            if await write_message(session, task.task_id, PROMPT_SEQ, "user", prompt):
-                events.add_event(session, task.task_id, events.TASK_STARTED, agent=task.agent)
+            written = new_message(task.task_id, PROMPT_SEQ, "user", prompt)
+            await session.exec(
+                events.insert_event_for_each(written, events.TASK_STARTED, agent=task.agent)
+            )
             words = [word for word in task.prompt.split() if len(word) >= MEMORY_WORD_MIN]
             memories = await find_memories(session, user.id, words, PROMPT_MEMORIES)
             preferences = dict(
@@ -182,24 +184,22 @@ class StoreActivities:
     @activity.defn
     async def record_tool_result(self, result: RecordToolResultInput) -> None:
         """Write a tool result the workflow decided (refused, unknown or failed tool)."""
-        async with session_scope(self._sessions) as session:
-            written = await write_message(
-                session,
-                result.task_id,
-                result.result_seq,
-                "user",
-                [tool_result_block(result.tool_use_id, result.text, result.is_error)],
-            )
-            if not written:
-                return
-            events.add_event(
-                session,
-                result.task_id,
-                events.TOOL_FINISHED,
-                tool=result.tool_name,
-                tool_use_id=result.tool_use_id,
-                outcome=result.outcome,
-                result=result.text,
+        written = new_message(
+            result.task_id,
+            result.result_seq,
+            "user",
+            [tool_result_block(result.tool_use_id, result.text, result.is_error)],
+        )
+        async with autocommit(self._sessions) as connection:
+            await connection.execute(
+                events.insert_event_for_each(
+                    written,
+                    events.TOOL_FINISHED,
+                    tool=result.tool_name,
+                    tool_use_id=result.tool_use_id,
+                    outcome=result.outcome,
+                    result=result.text,
+                )
             )
 
     @activity.defn

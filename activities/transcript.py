@@ -1,33 +1,30 @@
-"""The task transcript in Postgres: one row per (task, seq), written at most once."""
+"""The task transcript in Postgres: one row per (task, seq), written at most once. Each
+helper builds one statement, so an activity's read or write (and the event it implies) is
+one round trip."""
 
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Insert, Row, exists, literal, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import CTE
+from sqlmodel import col
 
 from schemas.tables import Message, utcnow
 
 
-async def find_message(session: AsyncSession, task_id: str, seq: int) -> Message | None:
-    result = await session.exec(
-        select(Message).where(Message.task_id == task_id, Message.seq == seq)
-    )
-    return result.first()
-
-
-async def write_message(
-    session: AsyncSession,
+def new_message(
     task_id: str,
     seq: int,
     role: str,
     content: list[dict[str, Any]],
     stop_reason: str | None = None,
     usage: dict[str, int] | None = None,
-) -> bool:
+) -> CTE:
     """Insert the row unless (task, seq) is already there: a retried activity writes nothing.
-    True when this call wrote it."""
-    statement = (
+    Yields the row's `task_id` when it wrote it (for `events.insert_event_for_each`)."""
+    return (
         insert(Message)
         .values(
             task_id=task_id,
@@ -39,17 +36,44 @@ async def write_message(
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["task_id", "seq"])
+        .returning(col(Message.task_id))
+        .cte("written")
     )
-    result = await session.exec(statement)
-    return bool(result.rowcount)
 
 
-async def load_conversation(session: AsyncSession, task_id: str) -> list[dict[str, Any]]:
+def unwritten(task_id: str, seq: int) -> CTE:
+    """Yields `task_id` once if (task, seq) has no row yet, else nothing."""
+    return (
+        select(literal(task_id).label("task_id"))
+        .where(~exists().where(col(Message.task_id) == task_id, col(Message.seq) == seq))
+        .cte("unwritten")
+    )
+
+
+async def load_messages(
+    connection: AsyncConnection, task_id: str, since: int = 0, also: Insert | None = None
+) -> Sequence[Row[Any]]:
+    """The task's rows from `since` on, in order; `also` (an event to write, say) runs in
+    the same statement, seeing the rows as they were before it."""
+    statement = (
+        select(
+            col(Message.seq),
+            col(Message.role),
+            col(Message.content),
+            col(Message.stop_reason),
+            col(Message.usage),
+        )
+        .where(col(Message.task_id) == task_id, col(Message.seq) >= since)
+        .order_by(col(Message.seq))
+    )
+    if also is not None:
+        statement = statement.add_cte(also.cte("also"))
+    return (await connection.execute(statement)).all()
+
+
+def as_conversation(rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
     """The transcript as Messages API `messages`: adjacent rows of one role become one
     message, so each tool's result row joins its siblings in a single user turn."""
-    rows = await session.exec(
-        select(Message).where(Message.task_id == task_id).order_by(col(Message.seq))
-    )
     conversation: list[dict[str, Any]] = []
     for row in rows:
         if conversation and conversation[-1]["role"] == row.role:
