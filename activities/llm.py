@@ -29,7 +29,7 @@ from activities.context import (
 )
 from activities.offline_model import offline_reply, offline_summary
 from activities.tool_registry import ToolRegistry
-from activities.transcript import as_conversation, load_messages, new_message, unwritten
+from activities.transcript import as_conversation, read_messages, write_message
 from core.db import autocommit, session_scope
 from schemas.agent_task import LlmCallInput, LlmCallResult, ToolCall, Usage
 from schemas.session import FoldContextInput
@@ -182,14 +182,14 @@ class _DeltaBuffer:
     async def flush(self) -> None:
         if self._pending:
             text, self._pending = "".join(self._pending), []
-            event = events.insert_event(
-                self._request.task_id,
-                events.TEXT_DELTA,
-                seq=self._request.assistant_seq,
-                text=text,
-            )
             async with autocommit(self._sessions) as connection:
-                await connection.execute(event)
+                await events.emit(
+                    connection,
+                    self._request.task_id,
+                    events.TEXT_DELTA,
+                    seq=self._request.assistant_seq,
+                    text=text,
+                )
         self._last_flush = time.monotonic()
 
 
@@ -210,15 +210,11 @@ class LlmActivities:
         """Send the task's transcript to Claude and store the reply at `assistant_seq`. A
         retry after the reply was stored returns it instead of calling Claude again."""
         seq = request.assistant_seq
-        started = events.insert_event_for_each(
-            unwritten(request.task_id, seq),
-            events.LLM_STARTED,
-            seq=seq,
-            model=request.model,
-            attempt=activity.info().attempt,
+        started = events.event(
+            events.LLM_STARTED, seq=seq, model=request.model, attempt=activity.info().attempt
         )
         async with autocommit(self._sessions) as connection:
-            rows = await load_messages(connection, request.task_id, also=started)
+            rows = await read_messages(connection, request.task_id, 0, seq, started)
         stored = next((row for row in rows if row.seq == seq), None)
         if stored is not None:
             usage = Usage.model_validate(stored.usage or {})
@@ -239,19 +235,23 @@ class LlmActivities:
             _count_call(request.model, "ok", usage)
 
         spent = usage.model_dump()
-        written = new_message(
-            request.task_id, seq, "assistant", content, stop_reason=stop_reason, usage=spent
+        finished = events.event(
+            events.LLM_FINISHED,
+            seq=seq,
+            stop_reason=stop_reason,
+            usage=spent,
+            tools=[block["name"] for block in content if block.get("type") == "tool_use"],
         )
         async with autocommit(self._sessions) as connection:
-            await connection.execute(
-                events.insert_event_for_each(
-                    written,
-                    events.LLM_FINISHED,
-                    seq=seq,
-                    stop_reason=stop_reason,
-                    usage=spent,
-                    tools=[block["name"] for block in content if block.get("type") == "tool_use"],
-                )
+            await write_message(
+                connection,
+                request.task_id,
+                seq,
+                "assistant",
+                content,
+                finished,
+                stop_reason=stop_reason,
+                usage=spent,
             )
         return _result(content, stop_reason, usage)
 

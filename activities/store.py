@@ -13,7 +13,7 @@ from temporalio import activity
 
 from activities import events
 from activities.tool_registry import ToolRegistry
-from activities.transcript import new_message, tool_result_block
+from activities.transcript import tool_result_block, write_message
 from core.agents import AgentCatalog
 from core.db import autocommit, session_scope
 from core.records import find_memories, insert_task_row
@@ -103,9 +103,13 @@ class StoreActivities:
                 .values(status=TaskStatus.RUNNING.value, updated_at=utcnow())
             )
             prompt = [{"type": "text", "text": task.prompt}]
-            written = new_message(task.task_id, PROMPT_SEQ, "user", prompt)
-            await session.exec(
-                events.insert_event_for_each(written, events.TASK_STARTED, agent=task.agent)
+            await write_message(
+                await session.connection(),
+                task.task_id,
+                PROMPT_SEQ,
+                "user",
+                prompt,
+                events.event(events.TASK_STARTED, agent=task.agent),
             )
             words = [word for word in task.prompt.split() if len(word) >= MEMORY_WORD_MIN]
             memories = await find_memories(session, user.id, words, PROMPT_MEMORIES)
@@ -184,22 +188,21 @@ class StoreActivities:
     @activity.defn
     async def record_tool_result(self, result: RecordToolResultInput) -> None:
         """Write a tool result the workflow decided (refused, unknown or failed tool)."""
-        written = new_message(
-            result.task_id,
-            result.result_seq,
-            "user",
-            [tool_result_block(result.tool_use_id, result.text, result.is_error)],
+        finished = events.event(
+            events.TOOL_FINISHED,
+            tool=result.tool_name,
+            tool_use_id=result.tool_use_id,
+            outcome=result.outcome,
+            result=result.text,
         )
         async with autocommit(self._sessions) as connection:
-            await connection.execute(
-                events.insert_event_for_each(
-                    written,
-                    events.TOOL_FINISHED,
-                    tool=result.tool_name,
-                    tool_use_id=result.tool_use_id,
-                    outcome=result.outcome,
-                    result=result.text,
-                )
+            await write_message(
+                connection,
+                result.task_id,
+                result.result_seq,
+                "user",
+                [tool_result_block(result.tool_use_id, result.text, result.is_error)],
+                finished,
             )
 
     @activity.defn

@@ -7,7 +7,7 @@ from temporalio import activity
 
 from activities import events
 from activities.tool_registry import ToolContext, ToolError, ToolRegistry
-from activities.transcript import load_messages, new_message, tool_result_block, unwritten
+from activities.transcript import read_messages, tool_result_block, write_message
 from core.db import autocommit
 from schemas.agent_task import ToolCallInput, ToolCallResult
 
@@ -24,16 +24,15 @@ class ToolActivities:
     async def run_tool(self, request: ToolCallInput) -> ToolCallResult:
         """Run the tool and write its result into the transcript. Bad arguments and the
         tool's own expected errors become `is_error` results for Claude to see."""
-        started = events.insert_event_for_each(
-            unwritten(request.task_id, request.result_seq),
+        started = events.event(
             events.TOOL_STARTED,
             tool=request.call.name,
             tool_use_id=request.call.id,
             arguments=request.call.arguments,
         )
         async with autocommit(self._sessions) as connection:
-            done = await load_messages(
-                connection, request.task_id, since=request.result_seq, also=started
+            done = await read_messages(
+                connection, request.task_id, request.result_seq, request.result_seq, started
             )
         if done and done[0].seq == request.result_seq:
             block = done[0].content[0]
@@ -56,21 +55,20 @@ class ToolActivities:
             text, is_error = f"invalid arguments for {tool.name}: {exc}", True
         except ToolError as exc:
             text, is_error = str(exc), True
-        written = new_message(
-            request.task_id,
-            request.result_seq,
-            "user",
-            [tool_result_block(request.call.id, text, is_error)],
+        finished = events.event(
+            events.TOOL_FINISHED,
+            tool=tool.name,
+            tool_use_id=request.call.id,
+            outcome="error" if is_error else "ok",
+            result=text[:EVENT_RESULT_CHARS],
         )
         async with autocommit(self._sessions) as connection:
-            await connection.execute(
-                events.insert_event_for_each(
-                    written,
-                    events.TOOL_FINISHED,
-                    tool=tool.name,
-                    tool_use_id=request.call.id,
-                    outcome="error" if is_error else "ok",
-                    result=text[:EVENT_RESULT_CHARS],
-                )
+            await write_message(
+                connection,
+                request.task_id,
+                request.result_seq,
+                "user",
+                [tool_result_block(request.call.id, text, is_error)],
+                finished,
             )
         return ToolCallResult(is_error=is_error, preview=text[:PREVIEW_CHARS])

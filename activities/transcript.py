@@ -1,74 +1,89 @@
-"""The task transcript in Postgres: one row per (task, seq), written at most once. Each
-helper builds one statement, so an activity's read or write (and the event it implies) is
-one round trip."""
+"""The task transcript in Postgres: one row per (task, seq), written at most once. A read
+or a write, with the event it implies, is one prebuilt statement: one round trip."""
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Insert, Row, exists, literal, select
+from sqlalchemy import Row, String, bindparam, exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.selectable import CTE
 from sqlmodel import col
 
+from activities.events import Event, for_each
 from schemas.tables import Message, utcnow
 
+# Writes the row unless (task, seq) is there, and its event only if it wrote the row.
+_WRITE = for_each(
+    insert(Message)
+    .values(
+        {
+            name: bindparam(name)
+            for name in ("task_id", "seq", "role", "content", "stop_reason", "usage", "created_at")
+        }
+    )
+    .on_conflict_do_nothing(index_elements=["task_id", "seq"])
+    .returning(col(Message.task_id))
+    .cte("written")
+)
+# Reads the rows from `since` on, and writes the event only if `seq` has no row yet (seeing
+# the rows as they were before the statement).
+_READ = (
+    select(
+        col(Message.seq),
+        col(Message.role),
+        col(Message.content),
+        col(Message.stop_reason),
+        col(Message.usage),
+    )
+    .where(col(Message.task_id) == bindparam("task_id"), col(Message.seq) >= bindparam("since"))
+    .order_by(col(Message.seq))
+    .add_cte(
+        for_each(
+            select(bindparam("task_id", type_=String).label("task_id"))
+            .where(
+                ~exists().where(
+                    col(Message.task_id) == bindparam("task_id"),
+                    col(Message.seq) == bindparam("seq"),
+                )
+            )
+            .cte("unwritten")
+        ).cte("started")
+    )
+)
 
-def new_message(
+
+async def read_messages(
+    connection: AsyncConnection, task_id: str, since: int, seq: int, started: Event
+) -> Sequence[Row[Any]]:
+    """The task's rows from `since` on, in order; `started` is written unless `seq` has its
+    row already (a retry that finds its work done announces nothing)."""
+    params = {"task_id": task_id, "since": since, "seq": seq, **started.params()}
+    return (await connection.execute(_READ, params)).all()
+
+
+async def write_message(
+    connection: AsyncConnection,
     task_id: str,
     seq: int,
     role: str,
     content: list[dict[str, Any]],
+    written: Event,
     stop_reason: str | None = None,
     usage: dict[str, int] | None = None,
-) -> CTE:
-    """Insert the row unless (task, seq) is already there: a retried activity writes nothing.
-    Yields the row's `task_id` when it wrote it (for `events.insert_event_for_each`)."""
-    return (
-        insert(Message)
-        .values(
-            task_id=task_id,
-            seq=seq,
-            role=role,
-            content=content,
-            stop_reason=stop_reason,
-            usage=usage,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["task_id", "seq"])
-        .returning(col(Message.task_id))
-        .cte("written")
-    )
-
-
-def unwritten(task_id: str, seq: int) -> CTE:
-    """Yields `task_id` once if (task, seq) has no row yet, else nothing."""
-    return (
-        select(literal(task_id).label("task_id"))
-        .where(~exists().where(col(Message.task_id) == task_id, col(Message.seq) == seq))
-        .cte("unwritten")
-    )
-
-
-async def load_messages(
-    connection: AsyncConnection, task_id: str, since: int = 0, also: Insert | None = None
-) -> Sequence[Row[Any]]:
-    """The task's rows from `since` on, in order; `also` (an event to write, say) runs in
-    the same statement, seeing the rows as they were before it."""
-    statement = (
-        select(
-            col(Message.seq),
-            col(Message.role),
-            col(Message.content),
-            col(Message.stop_reason),
-            col(Message.usage),
-        )
-        .where(col(Message.task_id) == task_id, col(Message.seq) >= since)
-        .order_by(col(Message.seq))
-    )
-    if also is not None:
-        statement = statement.add_cte(also.cte("also"))
-    return (await connection.execute(statement)).all()
+) -> None:
+    """Insert the row unless (task, seq) is already there, and `written` with it: a retried
+    activity writes nothing."""
+    params = {
+        "task_id": task_id,
+        "seq": seq,
+        "role": role,
+        "content": content,
+        "stop_reason": stop_reason,
+        "usage": usage,
+        "created_at": utcnow(),
+        **written.params(),
+    }
+    await connection.execute(_WRITE, params)
 
 
 def as_conversation(rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
