@@ -151,12 +151,15 @@ def _count_call(model: str, outcome: str, usage: Usage | None = None) -> None:
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat on a clock while Claude works, even before its first byte: heartbeats are
-    how a cancelled task's call is really stopped, and how a lost worker is noticed."""
+    how a cancelled task's call is really stopped, and how a lost worker is noticed. The
+    first beat comes after an interval, not at once: a quick call costs the server no
+    heartbeat, and the SDK sends a first beat at once but holds later ones for most of the
+    heartbeat timeout, so a cancel made early is delivered sooner this way."""
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+            activity.heartbeat()
 
     beating = asyncio.create_task(beat())
     try:
