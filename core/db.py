@@ -69,8 +69,9 @@ async def autocommit(
     """A pooled connection on which each statement commits by itself, sparing BEGIN's and
     COMMIT's round trips: for work one statement does whole (with its data-modifying CTEs,
     still one atomic statement)."""
-    async with factory() as session:
-        yield await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    engine: AsyncEngine = factory.kw["bind"]  # the engine, without a session's bookkeeping
+    async with engine.connect() as connection:
+        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def migrate(url: str) -> None:
