@@ -18,7 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.http_fetch import MAX_TEXT_CHARS, HttpFetcher
 from activities.notify import AGENT_MESSAGE, write_notification
 from activities.tool_registry import Handler, Tool, ToolContext, ToolError, ToolRegistry
-from core.db import session_scope
+from core.db import autocommit, session_scope
 from core.records import find_memories
 from schemas import search_attributes
 from schemas.agent_task import NotificationInput, PlanUpdate, ToolPolicy
@@ -69,9 +69,9 @@ class FetchUrl(BaseModel):
 
 
 async def get_current_time(ctx: ToolContext, _args: NoArguments) -> str:
-    async with session_scope(ctx.sessions) as session:
-        user = await session.get(User, ctx.user_id)
-    timezone = user.timezone if user is not None else "UTC"
+    async with autocommit(ctx.sessions) as connection:
+        found = await connection.scalar(select(User.timezone).where(col(User.id) == ctx.user_id))
+    timezone = found or "UTC"
     now = datetime.now(ZoneInfo(timezone))
     return f"{now.isoformat(timespec='seconds')} ({timezone}, {now:%A})"
 

@@ -29,8 +29,8 @@ from activities.context import (
 )
 from activities.offline_model import offline_reply, offline_summary
 from activities.tool_registry import ToolRegistry
-from activities.transcript import find_message, load_conversation, write_message
-from core.db import session_scope
+from activities.transcript import as_conversation, read_messages, write_message
+from core.db import autocommit, session_scope
 from schemas.agent_task import LlmCallInput, LlmCallResult, ToolCall, Usage
 from schemas.session import FoldContextInput
 
@@ -151,12 +151,15 @@ def _count_call(model: str, outcome: str, usage: Usage | None = None) -> None:
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat on a clock while Claude works, even before its first byte: heartbeats are
-    how a cancelled task's call is really stopped, and how a lost worker is noticed."""
+    how a cancelled task's call is really stopped, and how a lost worker is noticed. The
+    first beat comes after an interval, not at once: a quick call costs the server no
+    heartbeat, and the SDK sends a first beat at once but holds later ones for most of the
+    heartbeat timeout, so a cancel made early is delivered sooner this way."""
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+            activity.heartbeat()
 
     beating = asyncio.create_task(beat())
     try:
@@ -182,13 +185,14 @@ class _DeltaBuffer:
     async def flush(self) -> None:
         if self._pending:
             text, self._pending = "".join(self._pending), []
-            await events.emit(
-                self._sessions,
-                self._request.task_id,
-                events.TEXT_DELTA,
-                seq=self._request.assistant_seq,
-                text=text,
-            )
+            async with autocommit(self._sessions) as connection:
+                await events.emit(
+                    connection,
+                    self._request.task_id,
+                    events.TEXT_DELTA,
+                    seq=self._request.assistant_seq,
+                    text=text,
+                )
         self._last_flush = time.monotonic()
 
 
@@ -208,26 +212,20 @@ class LlmActivities:
     async def call_model(self, request: LlmCallInput) -> LlmCallResult:
         """Send the task's transcript to Claude and store the reply at `assistant_seq`. A
         retry after the reply was stored returns it instead of calling Claude again."""
-        async with session_scope(self._sessions) as session:
-            stored = await find_message(session, request.task_id, request.assistant_seq)
-            if stored is None:
-                conversation = await self._conversation(session, request)
-                events.add_event(
-                    session,
-                    request.task_id,
-                    events.LLM_STARTED,
-                    seq=request.assistant_seq,
-                    model=request.model,
-                    attempt=activity.info().attempt,
-                )
+        seq = request.assistant_seq
+        started = events.event(
+            events.LLM_STARTED, seq=seq, model=request.model, attempt=activity.info().attempt
+        )
+        async with autocommit(self._sessions) as connection:
+            rows = await read_messages(connection, request.task_id, 0, seq, started)
+        stored = next((row for row in rows if row.seq == seq), None)
         if stored is not None:
             usage = Usage.model_validate(stored.usage or {})
             return _result(stored.content, stored.stop_reason or "end_turn", usage)
+        conversation = await self._with_session_context(request, as_conversation(rows))
 
         if self._client is None:
-            content, stop_reason = offline_reply(
-                conversation, request.tool_names, request.assistant_seq
-            )
+            content, stop_reason = offline_reply(conversation, request.tool_names, seq)
             usage = Usage()
             _count_call(OFFLINE_MODEL, "ok")
         else:
@@ -239,35 +237,37 @@ class LlmActivities:
                 raise
             _count_call(request.model, "ok", usage)
 
-        async with session_scope(self._sessions) as session:
-            written = await write_message(
-                session,
+        spent = usage.model_dump()
+        finished = events.event(
+            events.LLM_FINISHED,
+            seq=seq,
+            stop_reason=stop_reason,
+            usage=spent,
+            tools=[block["name"] for block in content if block.get("type") == "tool_use"],
+        )
+        async with autocommit(self._sessions) as connection:
+            await write_message(
+                connection,
                 request.task_id,
-                request.assistant_seq,
+                seq,
                 "assistant",
                 content,
+                finished,
                 stop_reason=stop_reason,
-                usage=usage.model_dump(),
+                usage=spent,
             )
-            if written:
-                events.add_event(
-                    session,
-                    request.task_id,
-                    events.LLM_FINISHED,
-                    seq=request.assistant_seq,
-                    stop_reason=stop_reason,
-                    usage=usage.model_dump(),
-                    tools=[block["name"] for block in content if block.get("type") == "tool_use"],
-                )
         return _result(content, stop_reason, usage)
 
-    async def _conversation(
-        self, session: AsyncSession, request: LlmCallInput
+    async def _with_session_context(
+        self, request: LlmCallInput, own: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The task's transcript, after what fits of its session's earlier turns."""
-        own = await load_conversation(session, request.task_id)
-        found = await load_session_context(session, request.task_id)
-        if found is None or request.context_tokens is None:
+        """The task's transcript, after what fits of its session's earlier turns (a task of
+        no session is called with no `context_tokens`)."""
+        if request.context_tokens is None:
+            return own
+        async with session_scope(self._sessions) as session:
+            found = await load_session_context(session, request.task_id)
+        if found is None:
             return own
         return context_messages(found, own, request.context_tokens)
 

@@ -4,7 +4,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -15,7 +15,7 @@ from activities import events
 from activities.tool_registry import ToolRegistry
 from activities.transcript import tool_result_block, write_message
 from core.agents import AgentCatalog
-from core.db import session_scope
+from core.db import autocommit, session_scope
 from core.records import find_memories, insert_task_row
 from core.settings import Settings
 from schemas.agent_task import (
@@ -74,6 +74,39 @@ def system_prompt(personality: str, user: User, memories: list[str]) -> str:
     return "\n\n".join(parts)
 
 
+# Records a task's end unless it has one (a retry writes nothing), closes the approvals
+# nobody can decide any more, and announces it: one statement, one round trip.
+_FINISHED = (
+    update(Task)
+    .where(
+        col(Task.id) == bindparam("final_task"),
+        col(Task.status).not_in([status.value for status in TERMINAL_STATUSES]),
+    )
+    .values(
+        {
+            name: bindparam(f"final_{name}")
+            for name in ("status", "stop_reason", "result_text", "error", "usage", "steps", "plan")
+        }
+        | {"updated_at": bindparam("event_at")}
+    )
+    .returning(col(Task.id).label("task_id"))
+    .cte("finished")
+)
+_FINISH = events.for_each(_FINISHED).add_cte(
+    update(Approval)
+    .where(
+        col(Approval.task_id).in_(select(_FINISHED.c.task_id)),
+        col(Approval.status) == ApprovalStatus.PENDING.value,
+    )
+    .values(
+        status=ApprovalStatus.CANCELLED.value,
+        decided_at=bindparam("event_at"),
+        reason=bindparam("closing_reason"),
+    )
+    .cte("closed")
+)
+
+
 class StoreActivities:
     def __init__(
         self,
@@ -103,8 +136,14 @@ class StoreActivities:
                 .values(status=TaskStatus.RUNNING.value, updated_at=utcnow())
             )
             prompt = [{"type": "text", "text": task.prompt}]
-            if await write_message(session, task.task_id, PROMPT_SEQ, "user", prompt):
-                events.add_event(session, task.task_id, events.TASK_STARTED, agent=task.agent)
+            await write_message(
+                await session.connection(),
+                task.task_id,
+                PROMPT_SEQ,
+                "user",
+                prompt,
+                events.event(events.TASK_STARTED, agent=task.agent),
+            )
             words = [word for word in task.prompt.split() if len(word) >= MEMORY_WORD_MIN]
             memories = await find_memories(session, user.id, words, PROMPT_MEMORIES)
             preferences = dict(
@@ -182,24 +221,21 @@ class StoreActivities:
     @activity.defn
     async def record_tool_result(self, result: RecordToolResultInput) -> None:
         """Write a tool result the workflow decided (refused, unknown or failed tool)."""
-        async with session_scope(self._sessions) as session:
-            written = await write_message(
-                session,
+        finished = events.event(
+            events.TOOL_FINISHED,
+            tool=result.tool_name,
+            tool_use_id=result.tool_use_id,
+            outcome=result.outcome,
+            result=result.text,
+        )
+        async with autocommit(self._sessions) as connection:
+            await write_message(
+                connection,
                 result.task_id,
                 result.result_seq,
                 "user",
                 [tool_result_block(result.tool_use_id, result.text, result.is_error)],
-            )
-            if not written:
-                return
-            events.add_event(
-                session,
-                result.task_id,
-                events.TOOL_FINISHED,
-                tool=result.tool_name,
-                tool_use_id=result.tool_use_id,
-                outcome=result.outcome,
-                result=result.text,
+                finished,
             )
 
     @activity.defn
@@ -287,41 +323,30 @@ class StoreActivities:
 
     @activity.defn
     async def finish_task(self, progress: TaskProgress) -> None:
-        """Store the task's final state in its projection row."""
-        async with session_scope(self._sessions) as session:
-            task = await session.get(Task, progress.task_id)
-            if task is None:
-                raise ValueError(f"task {progress.task_id} has no projection row")
-            if task.status in TERMINAL_STATUSES:
-                return  # a retry: recorded already
-            task.status = progress.status.value
-            task.stop_reason = progress.stop_reason
-            task.result_text = progress.result_text
-            task.error = progress.error
-            task.usage = progress.usage.model_dump()
-            task.steps = [step.model_dump(mode="json") for step in progress.steps]
-            task.plan = [item.model_dump(mode="json") for item in progress.plan]
-            task.updated_at = utcnow()
-            session.add(task)
-            # Nobody can decide for a task that has ended: close its audit rows too.
-            await session.exec(
-                update(Approval)
-                .where(
-                    col(Approval.task_id) == progress.task_id,
-                    col(Approval.status) == ApprovalStatus.PENDING.value,
-                )
-                .values(
-                    status=ApprovalStatus.CANCELLED.value,
-                    decided_at=task.updated_at,
-                    reason=f"the task was {progress.status.value} before anyone decided",
-                )
-            )
-            events.add_event(
-                session,
-                progress.task_id,
+        """Store the task's final state in its projection row (one statement)."""
+        status = progress.status.value
+        params = {
+            "final_task": progress.task_id,
+            "final_status": status,
+            "final_stop_reason": progress.stop_reason,
+            "final_result_text": progress.result_text,
+            "final_error": progress.error,
+            "final_usage": progress.usage.model_dump(),
+            "final_steps": [step.model_dump(mode="json") for step in progress.steps],
+            "final_plan": [item.model_dump(mode="json") for item in progress.plan],
+            "closing_reason": f"the task was {status} before anyone decided",
+            **events.event(
                 events.TASK_FINISHED,
-                status=progress.status.value,
+                status=status,
                 stop_reason=progress.stop_reason,
                 result_text=progress.result_text,
                 error=progress.error,
-            )
+            ).params(),
+        }
+        async with autocommit(self._sessions) as connection:
+            if (await connection.execute(_FINISH, params)).rowcount:
+                return
+            # Nothing written: a retry that finds it recorded already, or no row at all.
+            if await connection.scalar(select(Task.id).where(col(Task.id) == progress.task_id)):
+                return
+        raise ValueError(f"task {progress.task_id} has no projection row")

@@ -7,8 +7,8 @@ from temporalio import activity
 
 from activities import events
 from activities.tool_registry import ToolContext, ToolError, ToolRegistry
-from activities.transcript import find_message, tool_result_block, write_message
-from core.db import session_scope
+from activities.transcript import read_messages, tool_result_block, write_message
+from core.db import autocommit
 from schemas.agent_task import ToolCallInput, ToolCallResult
 
 PREVIEW_CHARS = 200
@@ -24,19 +24,18 @@ class ToolActivities:
     async def run_tool(self, request: ToolCallInput) -> ToolCallResult:
         """Run the tool and write its result into the transcript. Bad arguments and the
         tool's own expected errors become `is_error` results for Claude to see."""
-        async with session_scope(self._sessions) as session:
-            done = await find_message(session, request.task_id, request.result_seq)
-            if done is None:
-                events.add_event(
-                    session,
-                    request.task_id,
-                    events.TOOL_STARTED,
-                    tool=request.call.name,
-                    tool_use_id=request.call.id,
-                    arguments=request.call.arguments,
-                )
-        if done is not None:
-            block = done.content[0]
+        started = events.event(
+            events.TOOL_STARTED,
+            tool=request.call.name,
+            tool_use_id=request.call.id,
+            arguments=request.call.arguments,
+        )
+        async with autocommit(self._sessions) as connection:
+            done = await read_messages(
+                connection, request.task_id, request.result_seq, request.result_seq, started
+            )
+        if done and done[0].seq == request.result_seq:
+            block = done[0].content[0]
             return ToolCallResult(
                 is_error=block["is_error"], preview=block["content"][:PREVIEW_CHARS]
             )
@@ -56,22 +55,20 @@ class ToolActivities:
             text, is_error = f"invalid arguments for {tool.name}: {exc}", True
         except ToolError as exc:
             text, is_error = str(exc), True
-        async with session_scope(self._sessions) as session:
-            written = await write_message(
-                session,
+        finished = events.event(
+            events.TOOL_FINISHED,
+            tool=tool.name,
+            tool_use_id=request.call.id,
+            outcome="error" if is_error else "ok",
+            result=text[:EVENT_RESULT_CHARS],
+        )
+        async with autocommit(self._sessions) as connection:
+            await write_message(
+                connection,
                 request.task_id,
                 request.result_seq,
                 "user",
                 [tool_result_block(request.call.id, text, is_error)],
+                finished,
             )
-            if written:
-                events.add_event(
-                    session,
-                    request.task_id,
-                    events.TOOL_FINISHED,
-                    tool=tool.name,
-                    tool_use_id=request.call.id,
-                    outcome="error" if is_error else "ok",
-                    result=text[:EVENT_RESULT_CHARS],
-                )
         return ToolCallResult(is_error=is_error, preview=text[:PREVIEW_CHARS])

@@ -7,7 +7,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.settings import Settings
@@ -55,6 +60,18 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         except BaseException:
             await session.rollback()
             raise
+
+
+@asynccontextmanager
+async def autocommit(
+    factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection on which each statement commits by itself, sparing BEGIN's and
+    COMMIT's round trips: for work one statement does whole (with its data-modifying CTEs,
+    still one atomic statement)."""
+    engine: AsyncEngine = factory.kw["bind"]  # the engine, without a session's bookkeeping
+    async with engine.connect() as connection:
+        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def migrate(url: str) -> None:

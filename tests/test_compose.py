@@ -23,7 +23,9 @@ SECRET_VARIABLES = (
     "ANTHROPIC_BASE_URL",
     "KEEL_TELEGRAM_BOT_TOKEN",
     "KEEL_TELEGRAM_WEBHOOK_SECRET",
+    "KEEL_ENCRYPTION_KEYS",
 )
+ENCRYPTION_VARIABLES = ("KEEL_ENCRYPTION_KEYS", "KEEL_ENCRYPTION_KEY_ID")
 ONE_SHOT_RESTARTS = {None, "no", "on-failure"}
 
 
@@ -280,6 +282,32 @@ def test_keel_services_take_secrets_from_the_environment(
         assert env.get("KEEL_API_PORT") == "8000", name
         assert env.get("KEEL_LOG_FORMAT") == "json", name
         assert "ANTHROPIC_API_KEY" in env, name
+
+
+def test_keel_processes_share_the_encryption_settings(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """API, worker and bot read and write the same Temporal payloads: one set of keys."""
+    settings = {
+        name: tuple(environment(svc).get(variable, "absent") for variable in ENCRYPTION_VARIABLES)
+        for name, svc in keel_services(services).items()
+        if command_words(svc)[0] != "migrate"
+    }
+    assert len(set(settings.values())) == 1, settings
+    assert "absent" not in next(iter(settings.values())), settings
+
+
+def test_worker_serves_metrics_inside_the_network(services: dict[str, dict[str, Any]]) -> None:
+    (worker,) = (
+        svc for svc in keel_services(services).values() if command_words(svc)[0] == "worker"
+    )
+    env = environment(worker)
+    assert env.get("KEEL_WORKER_METRICS_HOST") == "0.0.0.0"
+    port = env.get("KEEL_WORKER_METRICS_PORT")
+    assert port is not None and int(port) > 0
+    assert port in [str(exposed).partition("/")[0] for exposed in worker.get("expose") or []]
+    # Published on the host, a second replica (`--scale keel-worker=2`) could not start.
+    assert not published_ports(worker)
 
 
 def test_telegram_is_opt_in_and_gets_its_token(services: dict[str, dict[str, Any]]) -> None:

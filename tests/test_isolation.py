@@ -17,6 +17,8 @@ from tests.conftest import Account, MakeAccount, wait_for_status, wait_until_fin
 from tests.fake_anthropic import FakeAnthropic, Reply, ToolCall, text, tool_use
 
 PARKED = frozenset({"awaiting_approval", "awaiting_answer"})
+ONCE_A_YEAR = "0 0 1 1 *"
+SCHEDULED_PROMPT = "Summarise my notes"
 
 
 def delete_and_ask(body: dict[str, Any]) -> Reply:
@@ -81,6 +83,14 @@ async def alice_world(api: httpx.AsyncClient, alice: Account) -> World:
         headers=alice.headers,
     )
     assert preference.status_code == 200
+    chat = await api.post("/v1/sessions", json={}, headers=alice.headers)
+    assert chat.status_code == 201, chat.text
+    world.ids["session"] = chat.json()["id"]
+    for name, paused in (("schedule", False), ("paused_schedule", True)):
+        body = {"name": name, "prompt": SCHEDULED_PROMPT, "cron": ONCE_A_YEAR, "paused": paused}
+        created = await api.post("/v1/schedules", json=body, headers=alice.headers)
+        assert created.status_code == 201, created.text
+        world.ids[name] = created.json()["id"]
     return world
 
 
@@ -106,6 +116,17 @@ PROBES = [
     Probe("mark the notification read", "POST", "/v1/notifications/{notification}/read"),
     Probe("revoke the API key", "DELETE", "/v1/me/keys/{key}"),
     Probe("remove the tool preference", "DELETE", "/v1/me/tool-preferences/http_fetch", owner=frozenset({204})),
+    Probe("read the session", "GET", "/v1/sessions/{session}"),
+    Probe("read the session's transcript", "GET", "/v1/sessions/{session}/messages"),
+    Probe("post into the session", "POST", "/v1/sessions/{session}/messages", {"text": "mine now"}, owner=frozenset({202})),
+    Probe("start a task in the session", "POST", "/v1/tasks", {"prompt": "mine now", "session_id": "{session}"}, owner=frozenset({202})),
+    Probe("schedule into the session", "POST", "/v1/schedules", {"name": "x", "prompt": "x", "cron": ONCE_A_YEAR, "session_id": "{session}"}, owner=frozenset({201})),
+    Probe("read the schedule", "GET", "/v1/schedules/{schedule}"),
+    Probe("change the schedule", "PATCH", "/v1/schedules/{schedule}", {"prompt": "mine now"}),
+    Probe("trigger the schedule", "POST", "/v1/schedules/{schedule}/trigger", owner=frozenset({202})),
+    Probe("pause the schedule", "POST", "/v1/schedules/{schedule}/pause"),
+    Probe("resume the paused schedule", "POST", "/v1/schedules/{paused_schedule}/resume"),
+    Probe("delete the schedule", "DELETE", "/v1/schedules/{schedule}", owner=frozenset({204})),
     Probe("stream the task's events", "GET", "/v1/tasks/{task}/events", after_finish=True),
     Probe("cancel the task", "POST", "/v1/tasks/{task}/cancel", owner=frozenset({409}), after_finish=True),
 ]  # fmt: skip
@@ -117,6 +138,8 @@ LISTS = [
     "/v1/notifications",
     "/v1/me/keys",
     "/v1/me/tool-preferences",
+    "/v1/sessions",
+    "/v1/schedules",
 ]
 
 
@@ -159,6 +182,18 @@ async def test_another_users_resources_answer_404_and_stay_as_they_were(
     assert (await api.get("/v1/tasks", headers=second_key)).status_code == 200
     preferences = (await api.get("/v1/me/tool-preferences", headers=alice.headers)).json()
     assert [p["tool"] for p in preferences] == ["http_fetch"]
+    transcript = await api.get(
+        f"/v1/sessions/{world.ids['session']}/messages", headers=alice.headers
+    )
+    assert transcript.json()["items"] == []
+    for name, paused in (("schedule", False), ("paused_schedule", True)):
+        schedule = await api.get(f"/v1/schedules/{world.ids[name]}", headers=alice.headers)
+        assert schedule.status_code == 200, schedule.text  # not deleted
+        kept = schedule.json()
+        assert (kept["paused"], kept["prompt"], kept["runs"]) == (paused, SCHEDULED_PROMPT, 0)
+    # Nor did alice's session give mallory a session or a schedule of her own.
+    for path in ("/v1/sessions", "/v1/schedules"):
+        assert (await api.get(path, headers=mallory.headers)).json()["items"] == [], path
 
     # The same requests are alice's to make: the paths were right.
     for probe in (p for p in PROBES if p.owner and not p.after_finish):

@@ -104,6 +104,32 @@ async def test_metrics_count_requests_by_route_template(
     assert metric_samples(response.text, "process_resident_memory_bytes")
 
 
+async def test_tasks_started_counts_tasks_and_session_messages(
+    api: httpx.AsyncClient, worker: Worker, fake_claude: FakeAnthropic, make_account: MakeAccount
+) -> None:
+    alice = await make_account()
+    fake_claude.respond_with(lambda body: text("Done."))
+    chat = (await api.post("/v1/sessions", json={}, headers=alice.headers)).json()["id"]
+    started = [
+        await api.post("/v1/tasks", json={"prompt": "alone"}, headers=alice.headers),
+        await api.post(f"/v1/sessions/{chat}/messages", json={"text": "hi"}, headers=alice.headers),
+        await api.post(
+            "/v1/tasks", json={"prompt": "more", "session_id": chat}, headers=alice.headers
+        ),
+    ]
+    assert [response.status_code for response in started] == [202, 202, 202]
+    refused = await api.post("/v1/tasks", json={"prompt": ""}, headers=alice.headers)
+    assert refused.status_code == 422
+
+    metrics = (await api.get("/metrics")).text
+    assert metric_samples(metrics, "keel_tasks_started_total") == {
+        frozenset({("agent", "assistant")}): 3
+    }
+    for response in started:
+        task_id = response.json().get("id") or response.json()["task_id"]
+        await wait_until_finished(api, task_id, alice.headers)
+
+
 async def test_request_id_round_trip_and_log_line(
     api: httpx.AsyncClient, make_account: MakeAccount, json_logs: io.StringIO
 ) -> None:

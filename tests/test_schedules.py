@@ -334,9 +334,14 @@ async def test_a_schedule_can_post_into_a_session(
     assert turns[1]["answer"] == "Water the tomatoes today."
     # The scheduled turn was answered with the session's context...
     assert "We spoke about the garden." in str(fake_claude.requests[1]["messages"])
+
     # ...and its answer was delivered to the inbox, as every scheduled result is.
-    inbox = (await api.get("/v1/notifications", headers=alice.headers)).json()["items"]
-    assert [(n["kind"], n["task_id"]) for n in inbox] == [("task_completed", turns[1]["task_id"])]
+    async def inbox() -> list[tuple[str, str]]:
+        items = (await api.get("/v1/notifications", headers=alice.headers)).json()["items"]
+        return [(n["kind"], n["task_id"]) for n in items]
+
+    delivered = await eventually(inbox, what="the scheduled answer's notification")
+    assert delivered == [("task_completed", turns[1]["task_id"])]
 
     description = await temporal_client.get_schedule_handle(
         f"schedule-{alice.id}-{created['id']}"

@@ -282,7 +282,8 @@ class AgentTaskWorkflow:
                     tool_names=list(grants),
                     max_output_tokens=plan.max_output_tokens,
                     assistant_seq=seq,
-                    context_tokens=plan.context_tokens,
+                    # Only a session's turn has earlier turns to bound (and to look up).
+                    context_tokens=plan.context_tokens if task.session_id is not None else None,
                 ),
                 start_to_close_timeout=LLM_TIMEOUT,
                 heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,

@@ -13,10 +13,12 @@ from api.deps import (
     CurrentUser,
     DbSession,
     DbSessions,
+    Metrics,
     TemporalClient,
     require_agent,
 )
 from api.limits import ensure_prompt_size, ensure_task_quota
+from api.observability import ApiMetrics
 from api.paging import newest_first
 from core.session_client import owned_session, post_message
 from core.settings import Settings
@@ -124,11 +126,12 @@ async def post_session_message(
     sessions: DbSessions,
     client: TemporalClient,
     settings: AppSettings,
+    metrics: Metrics,
 ) -> MessagePosted:
     """Post a message; it is answered after the ones before it, by the task whose id this
     returns (follow it with GET /v1/tasks/{id})."""
     task_id = await post_within_limits(
-        session, sessions, client, settings, user, session_id, body.text, "text"
+        session, sessions, client, settings, metrics, user, session_id, body.text, "text"
     )
     return MessagePosted(task_id=task_id)
 
@@ -138,20 +141,22 @@ async def post_within_limits(
     sessions: async_sessionmaker[AsyncSession],
     client: Client,
     settings: Settings,
+    metrics: ApiMetrics,
     user: User,
     session_id: str,
     text: str,
     field: str,
 ) -> str:
     """Post the user's message into their session, within the prompt size and unfinished
-    task limits (422 naming `field`, 429); another user's session answers 404."""
+    task limits (422 naming `field`, 429); another user's session answers 404. The task
+    that will answer it counts as started."""
     ensure_prompt_size(settings, text, field)
-    await owned_session(session, session_id, user.id)
+    agent = (await owned_session(session, session_id, user.id)).agent
     await ensure_task_quota(session, settings, user)
     # Release the user's row before posting: the session's workflow writes the task row,
     # and would wait for that lock while this request waits for it.
     await session.commit()
-    return await post_message(
+    task_id = await post_message(
         client,
         sessions,
         settings,
@@ -160,6 +165,8 @@ async def post_within_limits(
         text=text,
         channel=API_CHANNEL,
     )
+    metrics.tasks_started.labels(agent).inc()
+    return task_id
 
 
 @router.get("/{session_id}/messages", response_model=TurnPage)

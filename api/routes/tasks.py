@@ -27,6 +27,7 @@ from api.deps import (
 )
 from api.events import event_stream
 from api.limits import ensure_prompt_size, ensure_task_quota
+from api.observability import ApiMetrics
 from api.paging import newest_first
 from api.progress import live_progress
 from api.routes.sessions import post_within_limits
@@ -120,7 +121,7 @@ async def create_task(
     its turn."""
     ensure_prompt_size(settings, body.prompt)
     if body.session_id is not None:
-        return await _post_into_session(body, user, session, client, sessions, settings)
+        return await _post_into_session(body, user, session, client, sessions, settings, metrics)
     require_agent(agents, body.agent)
     task = StartAgentTaskInput(
         task_id=str(uuid4()),
@@ -172,6 +173,7 @@ async def _post_into_session(
     client: Client,
     sessions: async_sessionmaker[AsyncSession],
     settings: Settings,
+    metrics: ApiMetrics,
 ) -> TaskCreated:
     assert body.session_id is not None
     for field in _SESSION_DECIDES:
@@ -181,7 +183,7 @@ async def _post_into_session(
                 f"{field}: not with session_id; the session's agent and budgets apply",
             )
     task_id = await post_within_limits(
-        session, sessions, client, settings, user, body.session_id, body.prompt, "prompt"
+        session, sessions, client, settings, metrics, user, body.session_id, body.prompt, "prompt"
     )
     return TaskCreated(id=task_id, status=TaskStatus.QUEUED)
 
