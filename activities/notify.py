@@ -3,17 +3,23 @@
 Every channel delivers idempotently under the notification's `dedupe_key`, so a retried
 activity (or a retried tool call) never notifies twice on any channel."""
 
+import contextlib
+from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from core.channels import TELEGRAM, linked_addresses
 from core.db import session_scope
 from schemas.agent_task import NotificationInput
-from schemas.tables import Notification, User, new_id, utcnow
+from schemas.tables import Notification, Task, User, new_id, utcnow
+from schemas.telegram import TelegramButton, TelegramDelivery
+from workflows.telegram_delivery import TelegramDeliveryWorkflow
 
 # Notification kinds, as `kind` in the inbox.
 AGENT_MESSAGE = "agent_message"
@@ -64,10 +70,66 @@ class WebInbox:
             await write_notification(session, note)
 
 
-class NotifyActivities:
+def telegram_delivery(
+    note: NotificationInput, chat_id: int, in_conversation: bool
+) -> TelegramDelivery:
+    """The notification as a Telegram message: an approval with Approve / Reject buttons,
+    a question to reply to, and the answer to a message sent from Telegram as it is."""
+    # A title that already says it all (a short reminder) is not repeated.
+    text = note.title if note.title.endswith(note.body) else f"{note.title}\n\n{note.body}"
+    buttons: list[TelegramButton] = []
+    if note.approval_id is not None:
+        buttons = [
+            TelegramButton(text="Approve", data=f"approve:{note.approval_id}"),
+            TelegramButton(text="Reject", data=f"reject:{note.approval_id}"),
+        ]
+    elif note.question_id is not None:
+        text = f"{note.title}: {note.body}\n\n(Reply to this message to answer.)"
+    elif in_conversation and note.kind == "task_completed":
+        text = note.body
+    return TelegramDelivery(
+        chat_id=chat_id,
+        text=text,
+        buttons=buttons,
+        task_id=note.task_id,
+        approval_id=note.approval_id,
+        question_id=note.question_id,
+    )
+
+
+class TelegramChannel:
+    """The user's linked Telegram chats. Each message is its own `TelegramDeliveryWorkflow`
+    (ID `telegram-<chat id>-<dedupe key>`, never reused), so a retried notification starts
+    nothing new, and Telegram trouble never fails the notifying task."""
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def deliver(self, note: NotificationInput) -> None:
+        async with session_scope(self._sessions) as session:
+            chats = await linked_addresses(session, note.user_id, TELEGRAM)
+            task = await session.get(Task, note.task_id) if note.task_id and chats else None
+        in_conversation = task is not None and task.channel == TELEGRAM
+        client = activity.client()
+        for chat in chats:
+            # A retried notification finds this chat's delivery under way or done.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await client.start_workflow(
+                    TelegramDeliveryWorkflow.run,
+                    telegram_delivery(note, int(chat), in_conversation),
+                    id=f"telegram-{chat}-{note.dedupe_key}",
+                    task_queue=activity.info().task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    static_summary=f"Telegram: {note.title}",
+                )
+
+
+class NotifyActivities:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], more_channels: Sequence[Channel] = ()
+    ) -> None:
         # The web inbox first: it is the record, whatever happens on the other channels.
-        self._channels: list[Channel] = [WebInbox(sessions)]
+        self._channels: list[Channel] = [WebInbox(sessions), *more_channels]
 
     @activity.defn
     async def notify(self, note: NotificationInput) -> None:

@@ -4,14 +4,12 @@ per-user cap on unfinished tasks. The per-key rate limit is applied with the key
 
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.limits import TooManyTasks, check_task_quota
 from core.settings import Settings
-from schemas.agent_task import TERMINAL_STATUSES
-from schemas.tables import Task, User
+from schemas.tables import User
 
 
 class RequestTooLarge(HTTPException):
@@ -68,27 +66,11 @@ def ensure_prompt_size(settings: Settings, prompt: str, field: str = "prompt") -
 
 
 async def ensure_task_quota(session: AsyncSession, settings: Settings, user: User) -> None:
-    """429 when the user already has KEEL_MAX_RUNNING_TASKS_PER_USER unfinished tasks. The
-    user's row stays locked until the caller commits its new task, so concurrent starts on
-    any replica are counted one after another."""
-    limit = settings.max_running_tasks_per_user
-    if limit == 0:
-        return
-    await session.exec(select(User.id).where(User.id == user.id).with_for_update())
-    unfinished = (
-        await session.exec(
-            select(func.count())
-            .select_from(Task)
-            .where(
-                Task.user_id == user.id,
-                col(Task.status).not_in([ended.value for ended in TERMINAL_STATUSES]),
-            )
-        )
-    ).one()
-    if unfinished >= limit:
+    """429 when the user already has KEEL_MAX_RUNNING_TASKS_PER_USER unfinished tasks
+    (see `check_task_quota`)."""
+    try:
+        await check_task_quota(session, settings, user.id)
+    except TooManyTasks as exc:
         raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many unfinished tasks: you have {unfinished}, the limit is {limit} "
-            "(KEEL_MAX_RUNNING_TASKS_PER_USER); wait for one to end or cancel one",
-            headers={"Retry-After": "10"},
-        )
+            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": "10"}
+        ) from None

@@ -1,6 +1,7 @@
 """structlog configured once per process; stdlib and Temporal loggers render through it."""
 
 import logging
+import re
 import sys
 
 import structlog
@@ -35,6 +36,21 @@ def _lift_temporal_ids(
     return event
 
 
+# A Telegram bot token (`<bot id>:<35 characters>`): the Bot API puts it in every URL, and
+# python-telegram-bot and httpx write URLs and errors to the log.
+_TELEGRAM_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")
+
+
+def _redact_tokens(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Blank anything shaped like a bot token in the rendered fields (tracebacks included)."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = _TELEGRAM_TOKEN.sub("[redacted-token]", value)
+    return event
+
+
 def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     """Route structlog and stdlib logging (Temporal's workflow and activity loggers
     included) through one renderer: JSON off a TTY, readable lines on one."""
@@ -66,6 +82,7 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _redact_tokens,
                 renderer,
             ],
         )

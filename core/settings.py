@@ -77,6 +77,21 @@ class Settings(BaseSettings):
         default=False,
         description="OpenTelemetry tracing through Temporal's interceptor (the `tracing` extra).",
     )
+    telegram_bot_token: SecretStr | None = Field(
+        default=None, description="The bot's token from @BotFather; unset: no Telegram."
+    )
+    telegram_base_url: str = Field(
+        default="https://api.telegram.org/bot",
+        description="python-telegram-bot's base_url: a self-hosted Bot API server or a stand-in.",
+    )
+    telegram_webhook_url: str | None = Field(
+        default=None, description="Public HTTPS URL Telegram posts updates to; unset: polling."
+    )
+    telegram_webhook_secret: SecretStr | None = Field(
+        default=None, description="Checked against X-Telegram-Bot-Api-Secret-Token (webhook mode)."
+    )
+    telegram_webhook_host: str = "127.0.0.1"
+    telegram_webhook_port: int = 8443
 
     @property
     def embedded_pg_dir(self) -> Path:

@@ -255,6 +255,8 @@ class NotificationInput(BaseModel):
     body: str
     task_id: str | None = None
     dedupe_key: str
+    approval_id: str | None = Field(default=None, description="The approval it asks for.")
+    question_id: str | None = Field(default=None, description="The question it asks.")
 
 
 class Step(BaseModel):

@@ -314,3 +314,10 @@ class Analytics(BaseModel):
     tool_calls: list[ToolCallStats]
     tokens_by_day: list[TokensOnDay] = Field(description="Every day of the window, oldest first.")
     requests: list[RouteStats] = Field(description="API requests from the request log.")
+
+
+class TelegramLinkCode(BaseModel):
+    """A one-time code linking a Telegram chat to the caller: `/link <code>` in the chat."""
+
+    code: str
+    expires_at: datetime

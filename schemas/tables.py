@@ -289,3 +289,56 @@ class RequestLog(SQLModel, table=True):
     route: str | None = Field(default=None, description="The route template; null if none matched.")
     status: int
     latency_ms: float
+
+
+class UserChannel(SQLModel, table=True):
+    """A channel a user has linked, e.g. a Telegram chat (`address` is the chat id).
+    `sender` is who linked it there: only they may decide approvals in that chat."""
+
+    __tablename__ = "user_channels"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    channel: str
+    address: str
+    sender: str
+    created_at: datetime = _timestamp()
+
+
+class ChannelLinkCode(SQLModel, table=True):
+    """A one-time code that links a channel to its user, stored as its SHA-256 hash."""
+
+    __tablename__ = "channel_link_codes"
+
+    code_hash: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id", index=True)
+    channel: str
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    used_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class TelegramUpdate(SQLModel, table=True):
+    """An update the bot has taken, so a redelivered `update_id` is handled once."""
+
+    __tablename__ = "telegram_updates"
+
+    update_id: int = Field(primary_key=True, sa_type=BigInteger)
+    received_at: datetime = _timestamp()
+
+
+class TelegramMessage(SQLModel, table=True):
+    """A message the bot sent, keyed by what sent it (workflow ID + part), so a retried
+    activity never posts twice; it also tells which approval or question a message is."""
+
+    __tablename__ = "telegram_messages"
+
+    key: str = Field(primary_key=True)
+    chat_id: int = Field(index=True, sa_type=BigInteger)
+    message_id: int
+    task_id: str | None = None
+    approval_id: str | None = None
+    question_id: str | None = None
+    sent_at: datetime = _timestamp()

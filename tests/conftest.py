@@ -45,6 +45,7 @@ from workflows.agent_task import AgentTaskWorkflow
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.session import SessionWorkflow
+from workflows.telegram_delivery import TelegramDeliveryWorkflow
 
 
 def free_port() -> int:
@@ -207,7 +208,13 @@ async def wait_until_finished(api: httpx.AsyncClient, task_id: str, headers: dic
 
 HISTORIES_DIR = Path(__file__).parent / "histories"
 REPLAYER = Replayer(
-    workflows=[AgentTaskWorkflow, ScheduledRunWorkflow, ReminderWorkflow, SessionWorkflow],
+    workflows=[
+        AgentTaskWorkflow,
+        ScheduledRunWorkflow,
+        ReminderWorkflow,
+        SessionWorkflow,
+        TelegramDeliveryWorkflow,
+    ],
     data_converter=pydantic_data_converter,
 )
 

@@ -22,6 +22,7 @@ SECRET_VARIABLES = (
     "ANTHROPIC_API_KEY",
     "ANTHROPIC_BASE_URL",
     "KEEL_TELEGRAM_BOT_TOKEN",
+    "KEEL_TELEGRAM_WEBHOOK_SECRET",
     "KEEL_ENCRYPTION_KEYS",
 )
 ENCRYPTION_VARIABLES = ("KEEL_ENCRYPTION_KEYS", "KEEL_ENCRYPTION_KEY_ID")
@@ -316,6 +317,26 @@ def test_telegram_is_opt_in_and_gets_its_token(services: dict[str, dict[str, Any
             assert "KEEL_TELEGRAM_BOT_TOKEN" in environment(svc), name
         else:
             assert not svc.get("profiles"), f"{name} should start by default"
+
+
+def test_the_bot_and_the_worker_share_the_telegram_settings(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    by_command = {command_words(svc)[0]: svc for svc in keel_services(services).values()}
+    bot, worker, api = by_command["telegram"], by_command["worker"], by_command["api"]
+    for service in (bot, worker):  # the worker sends what the bot says
+        env = environment(service)
+        assert env.get("KEEL_TELEGRAM_BOT_TOKEN") is None and "KEEL_TELEGRAM_BOT_TOKEN" in env
+        assert "KEEL_TELEGRAM_BASE_URL" in env
+    assert "KEEL_TELEGRAM_BOT_TOKEN" not in environment(api)  # nothing there needs it
+    bot_env = environment(bot)
+    assert "KEEL_TELEGRAM_WEBHOOK_URL" in bot_env
+    assert bot_env.get("KEEL_TELEGRAM_WEBHOOK_HOST") == "0.0.0.0"
+    assert [str(port) for port in bot.get("expose", [])] == [bot_env["KEEL_TELEGRAM_WEBHOOK_PORT"]]
+    assert not bot.get("ports"), "the webhook is for a reverse proxy, not the host"
+    api_name = next(name for name, svc in services.items() if svc is api)
+    assert dependencies(bot).get(api_name) == "service_healthy"
+    assert dependencies(bot).get("keel-postgres") == "service_healthy"
 
 
 def test_api_is_published_and_health_checked(services: dict[str, dict[str, Any]]) -> None:

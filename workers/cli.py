@@ -47,7 +47,8 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @app.command()
 def dev() -> None:
     """Start everything on embedded defaults: Temporal dev server (Web UI on :8233),
-    embedded Postgres, migrations, worker and API. State is kept in KEEL_HOME (.keel)."""
+    embedded Postgres, migrations, worker and API, and the Telegram bot when
+    KEEL_TELEGRAM_BOT_TOKEN is set. State is kept in KEEL_HOME (.keel)."""
     from workers.dev import PortTaken, run_dev
 
     settings = _setup()
@@ -82,6 +83,20 @@ def api() -> None:
 def encryption_key() -> None:
     """Print a new random AES-256 key for KEEL_ENCRYPTION_KEYS (as `id:<this key>`)."""
     typer.echo(generate_key())
+
+
+@app.command()
+def telegram() -> None:
+    """Run the Telegram bot (KEEL_TELEGRAM_BOT_TOKEN): long polling, or a webhook when
+    KEEL_TELEGRAM_WEBHOOK_URL is set."""
+    from workers.telegram import run_telegram
+
+    settings = _setup()
+    if settings.telegram_bot_token is None:
+        typer.echo("keel telegram: set KEEL_TELEGRAM_BOT_TOKEN (from @BotFather)", err=True)
+        raise typer.Exit(1)
+    url = database_url(settings)
+    _run_until_signal(lambda stop: run_telegram(settings, url, stop))
 
 
 @app.command("migrate")

@@ -15,6 +15,7 @@ from core.settings import Settings
 from core.temporal import connect_temporal
 from schemas import search_attributes
 from workers.api_server import run_api
+from workers.telegram import run_telegram
 from workers.worker import run_worker
 
 log = structlog.get_logger(__name__)
@@ -101,7 +102,8 @@ class TemporalDevServer:
 
 
 async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
-    """Temporal dev server, embedded Postgres, migrations, worker and API, until `stop`."""
+    """Temporal dev server, embedded Postgres, migrations, worker, API and (with a bot
+    token) the Telegram bot, until `stop`."""
     own_temporal = "TEMPORAL_ADDRESS" not in os.environ
     if own_temporal:
         ensure_port_free("127.0.0.1", settings.temporal_port, "Temporal")
@@ -141,10 +143,13 @@ async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
     try:
         worker = asyncio.create_task(run_worker(settings, url, stop, address))
         api = asyncio.create_task(run_api(settings, url, stop, address))
+        parts = {worker, api}
+        if settings.telegram_bot_token is not None:
+            parts.add(asyncio.create_task(run_telegram(settings, url, stop, address)))
         log.info("Keel is up", api=f"http://{settings.api_host}:{settings.api_port}")
-        await asyncio.wait({worker, api}, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait(parts, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
-        await asyncio.gather(worker, api)
+        await asyncio.gather(*parts)
     finally:
         if temporal is not None:
             temporal.stop()

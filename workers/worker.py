@@ -14,9 +14,10 @@ from temporalio.worker import Worker
 
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
-from activities.notify import NotifyActivities
+from activities.notify import NotifyActivities, TelegramChannel
 from activities.sessions import SessionActivities
 from activities.store import StoreActivities
+from activities.telegram import TelegramActivities, telegram_bot
 from activities.tools import ToolActivities
 from core.agents import AgentCatalog
 from core.db import create_engine, session_factory
@@ -27,6 +28,7 @@ from workflows.agent_task import AgentTaskWorkflow
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.session import SessionWorkflow
+from workflows.telegram_delivery import TelegramDeliveryWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -57,14 +59,29 @@ def build_worker(
     store = StoreActivities(sessions, agents, tools, settings)
     llm = LlmActivities(claude, sessions, tools)
     tool_runner = ToolActivities(sessions, tools)
-    notify = NotifyActivities(sessions)
+    # Telegram only with a bot token: its chats join the notification channels.
+    telegram_workflows: list[type] = []
+    telegram_activities: list[Any] = []
+    telegram_channels: list[TelegramChannel] = []
+    if settings.telegram_bot_token is not None:
+        telegram_workflows.append(TelegramDeliveryWorkflow)
+        telegram = TelegramActivities(telegram_bot(settings), sessions)
+        telegram_activities.append(telegram.send_message)
+        telegram_channels.append(TelegramChannel(sessions))
+    notify = NotifyActivities(sessions, telegram_channels)
     session_posts = SessionActivities(sessions, settings)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        workflows=[AgentTaskWorkflow, ScheduledRunWorkflow, ReminderWorkflow, SessionWorkflow],
+        workflows=[
+            AgentTaskWorkflow,
+            ScheduledRunWorkflow,
+            ReminderWorkflow,
+            SessionWorkflow,
+            *telegram_workflows,
+        ],
         activities=[
             store.begin_task,
             store.record_tool_result,
@@ -79,6 +96,7 @@ def build_worker(
             store.cancel_queued_tasks,
             llm.fold_session_context,
             session_posts.post_to_session,
+            *telegram_activities,
         ],
         **worker_options,
     )

@@ -227,7 +227,14 @@ class AgentTaskWorkflow:
         )
 
     async def _notify(
-        self, task: StartAgentTaskInput, kind: str, title: str, body: str, key: str
+        self,
+        task: StartAgentTaskInput,
+        kind: str,
+        title: str,
+        body: str,
+        key: str,
+        approval_id: str | None = None,
+        question_id: str | None = None,
     ) -> None:
         """Tell the user on their channels; `key` makes a retried delivery a no-op."""
         await workflow.execute_activity_method(
@@ -239,6 +246,8 @@ class AgentTaskWorkflow:
                 body=body,
                 task_id=task.task_id,
                 dedupe_key=key,
+                approval_id=approval_id,
+                question_id=question_id,
             ),
             start_to_close_timeout=NOTIFY_TIMEOUT,
             retry_policy=NOTIFY_RETRY,
@@ -416,6 +425,7 @@ class AgentTaskWorkflow:
             f"Your task wants to run {call.name} with {call.arguments}. Approve or reject it "
             f"before {approval.expires_at:%Y-%m-%d %H:%M} UTC.",
             f"approval:{approval.id}",
+            approval_id=approval.id,
         )
         try:
             await workflow.wait_condition(
@@ -458,7 +468,12 @@ class AgentTaskWorkflow:
         self._refresh_phase()
         await self._record_question(task, question, "ask the user")
         await self._notify(
-            task, "question_asked", "Your agent asks", text, f"question:{question.id}"
+            task,
+            "question_asked",
+            "Your agent asks",
+            text,
+            f"question:{question.id}",
+            question_id=question.id,
         )
         try:
             await workflow.wait_condition(

@@ -40,6 +40,16 @@ def tool_retry(max_attempts: int) -> RetryPolicy:
     )
 
 
+# A Telegram send; Telegram's own `retry_after` (flood control) overrides the interval.
+TELEGRAM_TIMEOUT = timedelta(seconds=30)
+TELEGRAM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=12,
+    non_retryable_error_types=["TelegramRejected"],
+)
+
 # Posting a scheduled message into a session (an update-with-start of its workflow).
 SESSION_POST_TIMEOUT = timedelta(seconds=30)
 SESSION_POST_RETRY = RetryPolicy(

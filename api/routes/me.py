@@ -1,4 +1,4 @@
-"""The caller's own settings: per-tool approval preferences."""
+"""The caller's own settings: per-tool approval preferences, linking Telegram."""
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy.dialects.postgresql import insert
@@ -6,8 +6,9 @@ from sqlmodel import col, delete, select
 
 from activities.tool_registry import Tool, ToolRegistry
 from api.deps import CurrentUser, DbSession
+from core.channels import TELEGRAM, create_link_code
 from schemas.agent_task import ToolPolicy
-from schemas.api import ToolPreferenceRequest, ToolPreferenceView
+from schemas.api import TelegramLinkCode, ToolPreferenceRequest, ToolPreferenceView
 from schemas.tables import ToolPreference, utcnow
 from schemas.tool_preferences import ToolPreferenceValue
 
@@ -81,3 +82,11 @@ async def delete_tool_preference(
         _known_tool(request, tool)  # an unknown tool says so; a known one has no preference
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no preference set for tool {tool!r}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/telegram-link", status_code=status.HTTP_201_CREATED, response_model=TelegramLinkCode)
+async def create_telegram_link(user: CurrentUser, session: DbSession) -> TelegramLinkCode:
+    """A one-time code that links a Telegram chat to you: send `/link CODE` to the bot, or
+    open `https://t.me/<bot>?start=CODE`. It expires after 15 minutes."""
+    code, expires_at = await create_link_code(session, user.id, TELEGRAM)
+    return TelegramLinkCode(code=code, expires_at=expires_at)

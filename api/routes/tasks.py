@@ -1,5 +1,6 @@
 """Agent tasks: start one, follow it, list them."""
 
+from collections.abc import Awaitable
 from typing import Annotated, Any
 from uuid import uuid4
 
@@ -8,10 +9,9 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client
 from temporalio.common import Priority
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.deps import (
     Agents,
@@ -34,6 +34,10 @@ from api.routes.sessions import post_within_limits
 from core.records import insert_task_row
 from core.session_client import drop_waiting_message
 from core.settings import Settings
+from core.task_control import TaskUpdateRefused
+from core.task_control import answer_question as answer_question_update
+from core.task_control import cancel_task as cancel_task_workflow
+from core.task_control import decide_approval as decide_approval_update
 from schemas import search_attributes
 from schemas.agent_task import (
     TERMINAL_STATUSES,
@@ -240,11 +244,11 @@ async def cancel_task(
     if task.status == TaskStatus.QUEUED and await drop_waiting_message(client, session, task.id):
         return TaskCancelled(id=task.id, status=TaskStatus.CANCELLED.value)
     try:
-        await client.get_workflow_handle(workflow_id(task.id)).cancel()
+        cancelled = await cancel_task_workflow(client, task.id)
     except RPCError as exc:
-        if exc.status is not RPCStatusCode.NOT_FOUND:
-            raise ServiceUnavailable(f"Temporal could not cancel: {exc.message}") from exc
-        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is not running") from exc
+        raise ServiceUnavailable(f"Temporal could not cancel: {exc.message}") from exc
+    if not cancelled:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is not running")
     return TaskCancelled(id=task.id, status="cancelling")
 
 
@@ -273,24 +277,15 @@ async def task_events(
     )
 
 
-# Update rejections that mean "no such thing here" rather than "not any more".
-_MISSING = {"ApprovalNotFound", "QuestionNotFound"}
-
-
-async def _send_update(client: Client, task: Task, update: Any, argument: Any) -> Any:
-    """Send an update to the task's workflow; its validator's refusals become 404 or 409."""
-    handle = client.get_workflow_handle(workflow_id(task.id))
+async def _refusals_as_http(update: Awaitable[Any]) -> Any:
+    """Send an update; the task's refusals become 404 (no such approval or question) or
+    409 (settled, expired, ended), and an unreachable Temporal 503."""
     try:
-        return await handle.execute_update(update, argument)
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        if isinstance(cause, ApplicationError):
-            code = status.HTTP_404_NOT_FOUND if cause.type in _MISSING else status.HTTP_409_CONFLICT
-            raise HTTPException(code, cause.message) from None
-        raise
+        return await update
+    except TaskUpdateRefused as exc:
+        code = status.HTTP_404_NOT_FOUND if exc.missing else status.HTTP_409_CONFLICT
+        raise HTTPException(code, exc.message) from None
     except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"task {task.id} has ended") from None
         raise ServiceUnavailable(f"Temporal could not deliver: {exc.message}") from exc
 
 
@@ -313,8 +308,8 @@ async def decide_approval(
         decided_by=user.id,
         channel="api",
     )
-    result: ApprovalView = await _send_update(
-        client, task, AgentTaskWorkflow.decide_approval, decision
+    result: ApprovalView = await _refusals_as_http(
+        decide_approval_update(client, task.id, decision)
     )
     return result
 
@@ -326,7 +321,5 @@ async def answer_question(
     """Answer the agent's pending question (`pending_question.id` in GET /v1/tasks/{id})."""
     task = await owned_task(session, task_id, user)
     answer = AnswerQuestionInput(question_id=body.question_id, text=body.text)
-    result: QuestionView = await _send_update(
-        client, task, AgentTaskWorkflow.answer_question, answer
-    )
+    result: QuestionView = await _refusals_as_http(answer_question_update(client, task.id, answer))
     return result
