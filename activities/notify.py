@@ -25,9 +25,9 @@ from workflows.telegram_delivery import TelegramDeliveryWorkflow
 AGENT_MESSAGE = "agent_message"
 
 
-async def write_notification(session: AsyncSession, note: NotificationInput) -> bool:
+async def write_notification(session: AsyncSession, note: NotificationInput) -> None:
     """Put the notification in the user's web inbox unless one with its `dedupe_key` is
-    there already. True when this call wrote it."""
+    there already."""
     statement = (
         insert(Notification)
         .values(
@@ -42,8 +42,7 @@ async def write_notification(session: AsyncSession, note: NotificationInput) -> 
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
     )
-    result = await session.exec(statement)
-    return bool(result.rowcount)
+    await session.exec(statement)
 
 
 class Channel(Protocol):

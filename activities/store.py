@@ -279,7 +279,8 @@ class StoreActivities:
                     )
                 )
                 event_type = events.APPROVAL_DECIDED
-            if (await session.exec(statement)).rowcount:
+            # RETURNING, not rowcount: an INSERT's rowcount here is -1 whatever it wrote.
+            if (await session.exec(statement.returning(col(Approval.id)))).first() is not None:
                 events.add_event(
                     session, record.task_id, event_type, **approval.model_dump(mode="json")
                 )

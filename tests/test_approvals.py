@@ -9,10 +9,16 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
+from activities.builtin_tools import builtin_registry
+from activities.store import StoreActivities
+from core.agents import AgentCatalog
 from core.db import session_scope
-from schemas.tables import Approval, Note
+from core.settings import Settings
+from schemas.agent_task import ApprovalRecord, ApprovalView
+from schemas.tables import Approval, Note, TaskEvent
 from tests.conftest import (
     Account,
     MakeAccount,
@@ -298,3 +304,32 @@ async def test_a_task_can_ask_to_be_notified_when_it_ends(
             break
         await asyncio.sleep(0.05)
     assert [(n["kind"], n["body"]) for n in inbox] == [("task_completed", "All done.")]
+
+
+async def test_a_retried_approval_record_writes_its_event_once(
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    make_account: MakeAccount,
+    api: httpx.AsyncClient,
+) -> None:
+    """record_approval is at-least-once: run again (a retry), it adds no second event."""
+    alice = await make_account()
+    fake_claude.script(tool_use(ToolCall("notes_delete", {"path": "old.md"})), text("Deleted."))
+    task_id = await start(api, alice, "Delete old.md")
+    [pending] = (await wait_for(api, task_id, alice, "awaiting_approval"))["pending_approvals"]
+    store = StoreActivities(
+        sessions, AgentCatalog.load(Settings().agents_file), builtin_registry(), Settings()
+    )
+    record = ApprovalRecord(
+        task_id=task_id, user_id=alice.id, channel="api", approval=ApprovalView(**pending)
+    )
+    await ActivityEnvironment().run(store.record_approval, record)
+
+    async with session_scope(sessions) as session:
+        requested = await session.exec(
+            select(TaskEvent).where(
+                TaskEvent.task_id == task_id, TaskEvent.type == "approval_requested"
+            )
+        )
+        assert len(list(requested)) == 1
