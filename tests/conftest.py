@@ -182,6 +182,19 @@ async def start_task(
     )
 
 
+async def eventually(
+    check: Callable[[], Awaitable[Any]], within: float = 30.0, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy; that value."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} never happened")
+
+
 async def wait_for_status(
     api: httpx.AsyncClient,
     task_id: str,

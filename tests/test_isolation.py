@@ -13,7 +13,7 @@ import httpx
 import pytest
 from temporalio.worker import Worker
 
-from tests.conftest import Account, MakeAccount, wait_for_status, wait_until_finished
+from tests.conftest import Account, MakeAccount, eventually, wait_for_status, wait_until_finished
 from tests.fake_anthropic import FakeAnthropic, Reply, ToolCall, text, tool_use
 
 PARKED = frozenset({"awaiting_approval", "awaiting_answer"})
@@ -61,14 +61,15 @@ async def parked_task(api: httpx.AsyncClient, account: Account) -> dict[str, str
 
 async def first_notification(api: httpx.AsyncClient, account: Account) -> str:
     """The id of the account's first notification, once its task's notify activity ran."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        inbox = (await api.get("/v1/notifications", headers=account.headers)).json()["items"]
-        if inbox:
-            notification_id: str = inbox[0]["id"]
-            return notification_id
-        assert asyncio.get_running_loop().time() < deadline, "no notification arrived"
-        await asyncio.sleep(0.05)
+
+    async def inbox() -> list[Any]:
+        items: list[Any] = (await api.get("/v1/notifications", headers=account.headers)).json()[
+            "items"
+        ]
+        return items
+
+    notification_id: str = (await eventually(inbox, what="a notification"))[0]["id"]
+    return notification_id
 
 
 async def alice_world(api: httpx.AsyncClient, alice: Account) -> World:

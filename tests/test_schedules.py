@@ -4,9 +4,7 @@ runs the task and its result lands in the inbox; a firing while the last run wai
 approval is skipped; pause, resume, change and delete reach Temporal; every change is
 audited; another user's schedule does not exist for them."""
 
-import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,6 +30,7 @@ from tests.conftest import (
     Account,
     MakeAccount,
     assert_replays,
+    eventually,
     wait_for_status,
     wait_until_finished,
 )
@@ -62,19 +61,6 @@ async def audit_actions(
             select(AuditLog).where(AuditLog.user_id == account.id).order_by(col(AuditLog.id))
         )
         return [(row.action, row.resource_id) for row in rows]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], within: float = 30.0, what: str = "condition"
-) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} never happened")
 
 
 async def test_schedule_shows_next_runs_in_its_timezone_and_follows_every_change(

@@ -2,7 +2,6 @@
 worker, real Postgres, and the real SDK talking to the fake Messages API. Workflow tests
 replay every run they produced."""
 
-import asyncio
 import uuid
 from itertools import pairwise
 from pathlib import Path
@@ -26,7 +25,7 @@ from core.session_client import (
 )
 from core.settings import Settings
 from schemas.session import SessionInput
-from tests.conftest import Account, MakeAccount, assert_replays, wait_for_status
+from tests.conftest import Account, MakeAccount, assert_replays, eventually, wait_for_status
 from tests.fake_anthropic import FakeAnthropic, Reply, text
 from workers.worker import build_worker
 from workflows.agent_task import task_workflow_id
@@ -115,14 +114,16 @@ async def wait_for_answers(
     api: httpx.AsyncClient, account: Account, session_id: str, turns: int, within: float = 30.0
 ) -> list[Any]:
     """The transcript once `turns` turns have ended."""
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
+
+    async def answered() -> list[Any]:
         items = await transcript(api, account, session_id)
         ended = [item for item in items if item["state"] not in ("queued", "running")]
-        if len(ended) >= turns:
-            return items
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"session {session_id} never answered {turns} turns: {items}")
+        return items if len(ended) >= turns else []
+
+    items: list[Any] = await eventually(
+        answered, within, f"session {session_id} answering {turns} turns"
+    )
+    return items
 
 
 async def post_as(
@@ -475,13 +476,13 @@ async def test_cancelled_turns_and_a_cancelled_session(
 
 async def wait_until_llm_started(api: httpx.AsyncClient, account: Account, task_id: str) -> None:
     """Until the task's first Claude call is under way."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while asyncio.get_running_loop().time() < deadline:
+
+    async def steps() -> list[Any]:
         task = (await api.get(f"/v1/tasks/{task_id}", headers=account.headers)).json()
-        if task["steps"]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} never called Claude")
+        found: list[Any] = task["steps"]
+        return found
+
+    await eventually(steps, what=f"task {task_id} calling Claude")
 
 
 async def test_history_per_turn_does_not_grow_with_the_transcript(
