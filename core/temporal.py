@@ -1,16 +1,55 @@
 """The one Temporal client factory used by the API, the worker, the CLI and the tests."""
 
 import dataclasses
+import functools
 from collections.abc import Sequence
+from typing import Any
 
+from pydantic import TypeAdapter
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, Interceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 
 from core.encryption import encryption_codec
 from core.settings import Settings
+
+# Keel's payload types all live in `schemas/`, passed through the workflow sandbox, so one
+# adapter per type serves every workflow run. Bounded, in case a hint is ever sandbox-local.
+_type_adapter = functools.lru_cache(maxsize=512)(TypeAdapter)
+
+
+class _SharedAdaptersJSONConverter(PydanticJSONPlainPayloadConverter):
+    """Pydantic JSON with one process-wide cache of type adapters. Temporal builds a payload
+    converter per workflow run, and the stock one caches adapters per converter: every
+    parked task kept its own adapters (~18 KB) and every run rebuilt them."""
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        return _type_adapter(Any if type_hint is None else type_hint).validate_json(payload.data)
+
+
+class KeelPayloadConverter(CompositePayloadConverter):
+    """Temporal's default converters, with JSON done by pydantic over shared adapters."""
+
+    def __init__(self) -> None:
+        json_converter = _SharedAdaptersJSONConverter()
+        super().__init__(
+            *(
+                json_converter if isinstance(converter, JSONPlainPayloadConverter) else converter
+                for converter in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+_data_converter = DataConverter(payload_converter_class=KeelPayloadConverter)
 
 
 def data_converter(settings: Settings | None) -> DataConverter:
@@ -18,9 +57,9 @@ def data_converter(settings: Settings | None) -> DataConverter:
     (KEEL_ENCRYPTION_KEYS), payloads and failure messages are encrypted as well."""
     codec = encryption_codec(settings) if settings is not None else None
     if codec is None:
-        return pydantic_data_converter
+        return _data_converter
     return dataclasses.replace(
-        pydantic_data_converter,
+        _data_converter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

@@ -26,7 +26,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -35,7 +34,7 @@ from core.db import create_engine, migrate, session_factory, session_scope, star
 from core.logging import configure_logging
 from core.records import create_user
 from core.settings import Settings
-from core.temporal import connect_temporal
+from core.temporal import connect_temporal, data_converter
 from schemas import search_attributes
 from schemas.agent_task import TERMINAL_STATUSES, AgentTaskResult, StartAgentTaskInput
 from tests.fake_anthropic import FakeAnthropic
@@ -228,7 +227,7 @@ REPLAYER = Replayer(
         SessionWorkflow,
         TelegramDeliveryWorkflow,
     ],
-    data_converter=pydantic_data_converter,
+    data_converter=data_converter(None),
 )
 
 
@@ -254,7 +253,7 @@ def time_skipping_server() -> str:
 @pytest.fixture(scope="module")
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
+        data_converter=data_converter(None), test_server_existing_path=time_skipping_server()
     )
     # The dev server gets Keel's search attributes on its command line; this one by RPC.
     await env.client.operator_service.add_search_attributes(

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
@@ -33,6 +34,16 @@ from workflows.telegram_delivery import TelegramDeliveryWorkflow
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_THROTTLE = timedelta(seconds=3)
+
+# The sandbox re-imports a workflow's module for every run, so each cached run held its own
+# copy of `workflows.agent_task` (~60 KB, a third of a parked task's memory) and every start
+# or replay paid for the import. Keel's workflow modules keep no module state, so the worker
+# shares them across runs, which also means the sandbox's non-determinism restrictions do not
+# watch their code here. They do in the tests: every workflow test replays its history
+# through the fully sandboxed runner (`REPLAYER` in tests/conftest.py).
+SHARED_WORKFLOW_MODULES = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+)
 
 
 def anthropic_client() -> anthropic.AsyncAnthropic | None:
@@ -75,6 +86,7 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        workflow_runner=SHARED_WORKFLOW_MODULES,
         workflows=[
             AgentTaskWorkflow,
             ScheduledRunWorkflow,
