@@ -14,7 +14,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import psutil
 from sqlmodel import col, func, select
@@ -29,25 +28,16 @@ from bench.common import (
     infrastructure,
     percentile,
     setup_logging,
-    tool_results_in,
 )
 from bench.parked import ParkedWorkflow
 from core.db import session_scope
 from schemas.agent_task import DecideApprovalInput, StartAgentTaskInput
 from schemas.tables import Approval
-from tests.fake_anthropic import Reply, ToolCall, text, tool_use
 from workflows.agent_task import AgentTaskWorkflow
 
 TARGET_RSS_MB = 400
 TARGET_P99_MS = 300
 START_CONCURRENCY = 100
-
-
-def asks_to_delete(body: dict[str, Any]) -> Reply:
-    """The model: ask to delete a note, then finish once the tool's result is back."""
-    if tool_results_in(body):
-        return text("done")
-    return tool_use(ToolCall("notes_delete", {"path": "old.md"}))
 
 
 async def bounded(calls: list[Callable[[], Awaitable[float]]], at_once: int) -> list[float]:
@@ -70,14 +60,26 @@ async def pending_count(infra: Infra, user_id: str) -> int:
 
 async def run_keel(infra: Infra, args: argparse.Namespace) -> dict[str, float]:
     user_id, _key = await infra.new_user()
-    infra.fake.respond_with(asks_to_delete)
     queue = f"bench-approvals-{uuid.uuid4().hex[:8]}"
+    # The model asks to delete a note, then answers once the tool's result is back. It runs
+    # in a process of its own, so serving it does not delay the decisions timed here.
+    fake = ChildProcess(
+        "fake",
+        {
+            "tool_calls": 1,
+            "latency": 0.0,
+            "tool": "notes_delete",
+            "arguments": {"path": "old.md"},
+            "deadline_seconds": args.timeout,
+        },
+        infra.workdir / "fake.log",
+    )
     worker = ChildProcess(
         "worker",
         {
             "temporal_address": infra.temporal_address,
             "database_url": infra.database_url,
-            "anthropic_base_url": infra.fake.base_url,
+            "anthropic_base_url": (await fake.ready())["base_url"],
             "task_queue": queue,
             "stats_file": str(infra.workdir / "keel-worker-stats.json"),
             "deadline_seconds": args.timeout,
@@ -119,6 +121,7 @@ async def run_keel(infra: Infra, args: argparse.Namespace) -> dict[str, float]:
         latencies = await bounded([approve(a) for a in approvals], args.in_flight)
     finally:
         await worker.stop()
+        await fake.stop()
     return {
         "idle_mb": idle_mb,
         "parked_mb": parked_mb,

@@ -192,17 +192,25 @@ def tool_results_in(body: dict[str, Any]) -> int:
 
 
 class ToolLoopModel:
-    """A fake model that asks for `CHEAP_TOOL` until the conversation holds `tool_calls`
-    results, then answers; every reply takes `latency` seconds. Replies depend only on the
-    request, so any number of tasks can run at once."""
+    """A fake model that asks for `tool` (with `arguments`) until the conversation holds
+    `tool_calls` results, then answers; every reply takes `latency` seconds. Replies depend
+    only on the request, so any number of tasks can run at once."""
 
-    def __init__(self, tool_calls: int, latency: float) -> None:
+    def __init__(
+        self,
+        tool_calls: int,
+        latency: float,
+        tool: str = CHEAP_TOOL,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         self.tool_calls = tool_calls
         self.latency = latency
+        self.tool = tool
+        self.arguments = arguments or {}
 
     def __call__(self, body: dict[str, Any]) -> Reply:
         if tool_results_in(body) < self.tool_calls:
-            return tool_use(ToolCall(CHEAP_TOOL, {}), delay=self.latency)
+            return tool_use(ToolCall(self.tool, self.arguments), delay=self.latency)
         return text("All done.", delay=self.latency)
 
 

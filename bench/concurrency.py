@@ -403,7 +403,7 @@ def _limit_rows(keel: LoadResult, bare: LoadResult | None, args: argparse.Namesp
             value = value.get(key) if isinstance(value, dict) else None
         return value
 
-    limit = args.max_concurrent_activities or 100
+    limit = args.max_concurrent_activities or Settings().worker_max_activities
     rows = [
         Row(
             f"activities running at once, max (slots: {limit})",
@@ -519,6 +519,33 @@ def _limit_rows(keel: LoadResult, bare: LoadResult | None, args: argparse.Namesp
             "DB pool at its limit, share of busy samples",
             [100 * (worker(keel, "pool_saturated_share") or 0.0), None],
             "%",
+        ),
+    ]
+
+    def cpu_floor(
+        result: LoadResult | None, processes: tuple[str, ...], cores: float
+    ) -> float | None:
+        if result is None:
+            return None
+        return (
+            sum(result.processes.get(name, {}).get("cpu_seconds", 0) for name in processes) / cores
+        )
+
+    everything = tuple(keel.processes)
+    cores = float(psutil.cpu_count() or 1)
+    rows += [
+        # Python runs a worker's workflows and activities on one core (the GIL), so the worker's
+        # CPU time bounds the makespan from below however the slots are set; so does all the
+        # CPU the load took, spread over every core.
+        Row(
+            "makespan floor: the worker's CPU time (one core)",
+            [cpu_floor(keel, ("worker",), 1.0), cpu_floor(bare, ("worker",), 1.0)],
+            "s",
+        ),
+        Row(
+            f"makespan floor: all processes' CPU time / {cores:g} cores",
+            [cpu_floor(keel, everything, cores), cpu_floor(bare, everything, cores)],
+            "s",
         ),
     ]
     for process in ("worker", "temporal server"):

@@ -8,7 +8,8 @@ Roles:
   `stats_file` when it stops.
 - `bare-worker`: the same, for `bench.bare_agent.BareAgentWorkflow` (no Postgres).
 - `api`: Keel's real API (`workers.api_server.run_api`) on `api_port`.
-- `fake`: the fake Messages API answering as `bench.common.ToolLoopModel`.
+- `fake`: the fake Messages API answering as `bench.common.ToolLoopModel`, so the process
+  that measures is not also the one serving the model.
 
 Each prints `READY <json>` once it serves, and stops when its standard input closes (or at
 `deadline_seconds`), so none outlives the benchmark that started it."""
@@ -38,7 +39,7 @@ from temporalio.worker import (
 
 from activities.builtin_tools import builtin_registry
 from bench.bare_agent import BareActivities, BareAgentWorkflow
-from bench.common import ToolLoopModel, setup_logging, summary
+from bench.common import CHEAP_TOOL, ToolLoopModel, setup_logging, summary
 from bench.parked import ParkedWorkflow
 from core.db import create_engine, session_factory
 from core.settings import Settings
@@ -253,12 +254,17 @@ async def serve_worker(config: dict[str, Any], stop: asyncio.Event) -> None:
     options = worker_options(config, stats)
     if engine is None:
         activities = BareActivities(claude, builtin_registry())
+        defaults = Settings()  # the same limits as Keel's worker, unless the run sets others
         worker = Worker(
             client,
             task_queue=config["task_queue"],
             workflows=[BareAgentWorkflow],
             activities=[activities.call_model, activities.run_tool],
-            **options,
+            **{
+                "max_concurrent_activities": defaults.worker_max_activities,
+                "max_cached_workflows": defaults.worker_max_cached_workflows,
+                **options,
+            },
         )
     else:
         settings = Settings(task_queue=config["task_queue"], database_url=config["database_url"])
@@ -315,7 +321,14 @@ async def serve_api(config: dict[str, Any], stop: asyncio.Event) -> None:
 
 async def serve_fake(config: dict[str, Any], stop: asyncio.Event) -> None:
     with FakeAnthropic() as fake:
-        fake.respond_with(ToolLoopModel(config["tool_calls"], config["latency"]))
+        fake.respond_with(
+            ToolLoopModel(
+                config["tool_calls"],
+                config["latency"],
+                config.get("tool", CHEAP_TOOL),
+                config.get("arguments"),
+            )
+        )
         _ready({"base_url": fake.base_url})
         await _until_stopped(stop, config["deadline_seconds"])
 

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
         description="Prometheus endpoint of the worker; unset: none for `keel worker`, "
         "9464 for `keel dev`; 0: none.",
     )
+    worker_max_activities: int = Field(
+        default=500,
+        ge=1,
+        description="Activities one worker runs at once. Claude calls mostly wait on the "
+        "network, so this is well above Temporal's default of 100.",
+    )
+    worker_max_cached_workflows: int = Field(
+        default=1000,
+        ge=0,
+        description="Workflow runs a worker keeps in memory (about 150 KB each for a parked "
+        "task); beyond it the least recently used is evicted and replayed when it next wakes.",
+    )
     tracing: bool = Field(
         default=False,
         description="OpenTelemetry tracing through Temporal's interceptor (the `tracing` extra).",

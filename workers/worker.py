@@ -63,8 +63,9 @@ def build_worker(
     task_queue: str | None = None,
     **worker_options: Any,
 ) -> Worker:
-    """Keel's worker: every workflow and activity. `worker_options` go to Temporal's
-    `Worker` as they are (concurrency limits, pollers, interceptors)."""
+    """Keel's worker: every workflow and activity, with the limits from `settings`.
+    `worker_options` go to Temporal's `Worker` as they are, over those (benchmarks try
+    other limits, pollers and interceptors this way)."""
     tools = builtin_registry()
     agents = AgentCatalog.load(settings.agents_file)
     store = StoreActivities(sessions, agents, tools, settings)
@@ -81,6 +82,11 @@ def build_worker(
         telegram_channels.append(TelegramChannel(sessions))
     notify = NotifyActivities(sessions, telegram_channels)
     session_posts = SessionActivities(sessions, settings)
+    options: dict[str, Any] = {
+        "max_concurrent_activities": settings.worker_max_activities,
+        "max_cached_workflows": settings.worker_max_cached_workflows,
+        **worker_options,
+    }
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -110,7 +116,7 @@ def build_worker(
             session_posts.post_to_session,
             *telegram_activities,
         ],
-        **worker_options,
+        **options,
     )
 
 
