@@ -2,10 +2,11 @@
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.types import MethodAsyncSingleParam
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -58,6 +59,11 @@ INTERACTIVE_CHANNEL = "api"
 
 # The prompt is transcript row 0; each model reply and each tool result takes the next.
 FIRST_REPLY_SEQ = 1
+
+# Store activities run as local activities from this patch on (see `_store`).
+LOCAL_STORE_PATCH = "local-store-activities"
+StoreArg = TypeVar("StoreArg")
+StoreResult = TypeVar("StoreResult")
 
 
 def task_workflow_id(task_id: str) -> str:
@@ -145,12 +151,8 @@ class AgentTaskWorkflow:
         )
         if task.start_at is not None:
             await self._wait_until(task.start_at)
-        plan = await workflow.execute_activity_method(
-            StoreActivities.begin_task,
-            task,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary="record the task and resolve its agent",
+        plan = await self._store(
+            StoreActivities.begin_task, task, "record the task and resolve its agent"
         )
         try:
             if task.session_id is not None and plan.context_tokens is not None:
@@ -198,6 +200,31 @@ class AgentTaskWorkflow:
             error=self._progress.error,
         )
 
+    async def _store(
+        self,
+        activity: MethodAsyncSingleParam[StoreActivities, StoreArg, StoreResult],
+        arg: StoreArg,
+        summary: str,
+    ) -> StoreResult:
+        """Run a store activity: one or two quick statements, so a local activity (a marker
+        in history, no task queue round trip, no second workflow task). Runs begun before
+        they were local replay with the activities they ran."""
+        if workflow.patched(LOCAL_STORE_PATCH):
+            return await workflow.execute_local_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+                summary=summary,
+            )
+        return await workflow.execute_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=summary,
+        )
+
     async def _wait_until(self, start_at: datetime) -> None:
         """Wait durably until `start_at`, showing `scheduled`. Cancelled while waiting, the
         task ends `cancelled` without a step taken."""
@@ -218,12 +245,10 @@ class AgentTaskWorkflow:
 
     async def _record_end(self) -> None:
         assert self._progress is not None
-        await workflow.execute_activity_method(
+        await self._store(
             StoreActivities.finish_task,
             self._progress,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=f"record the task as {self._progress.status}",
+            f"record the task as {self._progress.status}",
         )
 
     async def _notify(
@@ -314,12 +339,8 @@ class AgentTaskWorkflow:
     async def _end_out_of_budget(self, task: StartAgentTaskInput) -> None:
         """Out of steps or tokens: done, with the last thing Claude said, or failed if it
         never said anything useful."""
-        text = await workflow.execute_activity_method(
-            StoreActivities.last_reply_text,
-            task.task_id,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary="find Claude's last words",
+        text = await self._store(
+            StoreActivities.last_reply_text, task.task_id, "find Claude's last words"
         )
         if text is None:
             error = "the task ran out of its step or token budget before Claude answered"
@@ -385,7 +406,7 @@ class AgentTaskWorkflow:
         is_error: bool,
     ) -> None:
         """Write a tool result the workflow decided (refused, rejected, failed, answered)."""
-        await workflow.execute_activity_method(
+        await self._store(
             StoreActivities.record_tool_result,
             RecordToolResultInput(
                 task_id=task.task_id,
@@ -396,9 +417,7 @@ class AgentTaskWorkflow:
                 tool_name=call.name,
                 outcome=outcome,
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=f"tool {call.name} {outcome}",
+            f"tool {call.name} {outcome}",
         )
 
     async def _await_approval(
@@ -441,14 +460,12 @@ class AgentTaskWorkflow:
     async def _record_approval(
         self, task: StartAgentTaskInput, approval: ApprovalView, summary: str
     ) -> None:
-        await workflow.execute_activity_method(
+        await self._store(
             StoreActivities.record_approval,
             ApprovalRecord(
                 task_id=task.task_id, user_id=task.user_id, channel=task.channel, approval=approval
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=summary,
+            summary,
         )
 
     async def _ask_user(
@@ -490,12 +507,10 @@ class AgentTaskWorkflow:
     async def _record_question(
         self, task: StartAgentTaskInput, question: QuestionView, summary: str
     ) -> None:
-        await workflow.execute_activity_method(
+        await self._store(
             StoreActivities.record_question,
             QuestionRecord(task_id=task.task_id, question=question),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=summary,
+            summary,
         )
 
     def _refresh_phase(self) -> None:
