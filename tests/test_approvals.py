@@ -8,6 +8,7 @@ import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
@@ -110,7 +111,15 @@ async def test_approved_tool_runs_once_a_person_says_yes(
     stream = await api.get(f"/v1/tasks/{task_id}/events", headers=alice.headers)
     types = [event["type"] for event in parse_events(stream.text)]
     assert types.index("approval_requested") < types.index("approval_decided")
-    await assert_replays(temporal_client.get_workflow_handle(f"task-{task_id}"))
+    handle = temporal_client.get_workflow_handle(f"task-{task_id}")
+    # The decision is answered by a workflow task of its own: what follows it (the audit
+    # write, the tool) starts from a regular activity, not local ones holding that task.
+    history = [event.event_type for event in (await handle.fetch_history()).events]
+    completed = history.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED)
+    assert history[completed + 1 :].index(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) < (
+        history[completed + 1 :].index(EventType.EVENT_TYPE_MARKER_RECORDED)
+    )
+    await assert_replays(handle)
 
 
 async def test_rejected_tool_does_not_run_and_claude_is_told_why(

@@ -205,11 +205,18 @@ class AgentTaskWorkflow:
         activity: MethodAsyncSingleParam[StoreActivities, StoreArg, StoreResult],
         arg: StoreArg,
         summary: str,
+        *,
+        local: bool = True,
     ) -> StoreResult:
         """Run a store activity: one or two quick statements, so a local activity (a marker
         in history, no task queue round trip, no second workflow task). Runs begun before
-        they were local replay with the activities they ran."""
-        if workflow.patched(LOCAL_STORE_PATCH):
+        they were local replay with the activities they ran.
+
+        Not right after a person's decision or answer (`local=False`): Temporal answers an
+        update when the workflow task that ran it completes, and local activities hold that
+        task open, so the person would wait for the audit write, the tool and every local
+        step after it."""
+        if local and workflow.patched(LOCAL_STORE_PATCH):
             return await workflow.execute_local_activity_method(
                 activity,
                 arg,
@@ -454,11 +461,13 @@ class AgentTaskWorkflow:
             approval.status = ApprovalStatus.EXPIRED
         self._refresh_phase()
         count_approval(call.name, approval.status.value)
-        await self._record_approval(task, approval, f"{call.name} {approval.status.value}")
+        await self._record_approval(
+            task, approval, f"{call.name} {approval.status.value}", local=False
+        )
         return approval
 
     async def _record_approval(
-        self, task: StartAgentTaskInput, approval: ApprovalView, summary: str
+        self, task: StartAgentTaskInput, approval: ApprovalView, summary: str, local: bool = True
     ) -> None:
         await self._store(
             StoreActivities.record_approval,
@@ -466,6 +475,7 @@ class AgentTaskWorkflow:
                 task_id=task.task_id, user_id=task.user_id, channel=task.channel, approval=approval
             ),
             summary,
+            local=local,
         )
 
     async def _ask_user(
@@ -499,18 +509,21 @@ class AgentTaskWorkflow:
         except TimeoutError:
             question.status = QuestionStatus.EXPIRED
         self._refresh_phase()
-        await self._record_question(task, question, f"question {question.status.value}")
+        await self._record_question(
+            task, question, f"question {question.status.value}", local=False
+        )
         if question.status is QuestionStatus.ANSWERED:
             return "answered", f"The user answered: {question.answer}"
         return "expired", "The user did not answer in time; carry on without their answer."
 
     async def _record_question(
-        self, task: StartAgentTaskInput, question: QuestionView, summary: str
+        self, task: StartAgentTaskInput, question: QuestionView, summary: str, local: bool = True
     ) -> None:
         await self._store(
             StoreActivities.record_question,
             QuestionRecord(task_id=task.task_id, question=question),
             summary,
+            local=local,
         )
 
     def _refresh_phase(self) -> None:
