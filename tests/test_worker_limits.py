@@ -1,7 +1,6 @@
 """The worker's limits come from settings, and a run evicted from the worker's cache (a task
 parked for days) replays from its history and goes on when a person decides."""
 
-import anthropic
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -13,6 +12,7 @@ from schemas.agent_task import DecideApprovalInput, TaskStatus
 from schemas.tables import Note
 from tests.conftest import MakeAccount, assert_replays, eventually, start_task
 from tests.fake_anthropic import FakeAnthropic, ToolCall, text, tool_use
+from tests.test_claude_calls import claude_worker
 from workers.worker import build_worker
 from workflows.agent_task import AgentTaskWorkflow
 
@@ -41,12 +41,11 @@ async def test_a_task_evicted_from_the_cache_resumes_on_approval(
 ) -> None:
     # No cache at all: every workflow task, the decision's included, replays the history.
     uncached = settings.model_copy(update={"worker_max_cached_workflows": 0})
-    claude = anthropic.AsyncAnthropic(api_key="test", base_url=fake_claude.base_url, max_retries=0)
     alice = await make_account()
     async with session_scope(sessions) as session:
         session.add(Note(user_id=alice.id, path="old.md", content="stale"))
     fake_claude.script(tool_use(ToolCall("notes_delete", {"path": "old.md"})), text("Deleted."))
-    async with build_worker(temporal_client, uncached, sessions, claude) as worker:
+    async with claude_worker(temporal_client, uncached, sessions, fake_claude) as worker:
         handle = await start_task(temporal_client, worker, alice, "Delete old.md")
 
         async def pending_approval() -> str | None:
@@ -60,7 +59,6 @@ async def test_a_task_evicted_from_the_cache_resumes_on_approval(
         )
         assert decided.status.value == "approved"
         result = await handle.result()
-    await claude.close()
     assert (result.status, result.text) == (TaskStatus.COMPLETED, "Deleted.")
     async with session_scope(sessions) as session:
         assert list(await session.exec(select(Note).where(Note.user_id == alice.id))) == []
