@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from temporalio.service import RPCError
 
 from activities.builtin_tools import builtin_registry
@@ -92,6 +92,17 @@ def create_app(
         """Another user's session is as absent as one that never existed."""
         return JSONResponse(
             {"detail": f"no session {exc.args[0]}"}, status_code=status.HTTP_404_NOT_FOUND
+        )
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(_request: Request, exc: Exception) -> JSONResponse:
+        """A value Postgres cannot store (a NUL character in text, a number out of range):
+        the request's fault, and its transaction rolled back, so 422 rather than 500."""
+        assert isinstance(exc, DataError)
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return JSONResponse(
+            {"detail": f"a value in the request cannot be stored: {reason}"},
+            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
         )
 
     @app.exception_handler(ServiceUnavailable)

@@ -21,6 +21,8 @@ from schemas.tool_preferences import ToolPreferenceValue
 def _not_blank(text: str) -> str:
     if not text.strip():
         raise ValueError("must contain some text, not only spaces")
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000) characters")
     return text
 
 

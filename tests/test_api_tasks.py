@@ -64,6 +64,12 @@ async def test_bad_input_is_refused_naming_the_field(
     empty = await api.post("/v1/tasks", json={"prompt": "   "}, headers=alice.headers)
     assert empty.status_code == 422
     assert empty.json()["detail"][0]["loc"] == ["body", "prompt"]
+    nul = await api.post("/v1/tasks", json={"prompt": "a\u0000b"}, headers=alice.headers)
+    assert nul.status_code == 422 and nul.json()["detail"][0]["loc"] == ["body", "prompt"]
+    # Any other text Postgres cannot store is the request's fault too, not a server error.
+    key = await api.post("/v1/me/keys", json={"name": "a\u0000b"}, headers=alice.headers)
+    assert key.status_code == 422 and "cannot be stored" in key.json()["detail"]
+    assert len((await api.get("/v1/me/keys", headers=alice.headers)).json()) == 1
 
     unknown = await api.post(
         "/v1/tasks", json={"prompt": "hi", "agent": "nobody"}, headers=alice.headers
