@@ -61,17 +61,19 @@ async def get_temporal(request: Request) -> Client:
     return await connection.get()
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies below are `async def` though they never wait: FastAPI runs a plain `def`
+# dependency in its thread pool, a hand-off to another thread and back on every request.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_agents(request: Request) -> AgentCatalog:
+async def get_agents(request: Request) -> AgentCatalog:
     agents: AgentCatalog = request.app.state.agents
     return agents
 
 
-def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
     return factory
 
@@ -88,7 +90,7 @@ def require_agent(agents: AgentCatalog, name: str) -> None:
         ) from None
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 

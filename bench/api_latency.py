@@ -97,13 +97,16 @@ class Phase:
 class Load:
     """Runs phases: `clients` concurrent httpx clients, `requests` each, one at a time."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], pids: dict[str, int]) -> None:
+    def __init__(self, base_url: str, keys: list[str], pids: dict[str, int]) -> None:
         self._base_url = base_url
-        self._headers = headers
+        self._keys = keys
         self._pids = pids
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self._base_url, headers=self._headers, timeout=60)
+    def client(self, number: int = 0) -> httpx.AsyncClient:
+        """Client `number`, with the API key of user `number` modulo the users."""
+        key = self._keys[number % len(self._keys)]
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.AsyncClient(base_url=self._base_url, headers=headers, timeout=60)
 
     async def run(
         self,
@@ -112,15 +115,22 @@ class Load:
         clients: int,
         requests: int,
         tag: Callable[[httpx.Response], str] | None = None,
+        interval: float = 0.0,
     ) -> Phase:
+        """With `interval`, each client sends a request every `interval` seconds (at once
+        when the last one took longer), from a random offset, as polling clients do;
+        without it, each sends the next as soon as the last is answered."""
         phase = Phase(name)
-        pool = [self.client() for _ in range(clients)]
+        pool = [self.client(number) for number in range(clients)]
         try:
             # Open every connection first, so the phase measures requests, not handshakes.
             await asyncio.gather(*(client.get("/healthz") for client in pool))
 
             async def one_client(client: httpx.AsyncClient, number: int) -> None:
+                due = time.perf_counter() + random.uniform(0, interval)
                 for index in range(requests):
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    due += interval
                     started = time.perf_counter()
                     response = await request(client, number * requests + index)
                     phase.latencies.append(time.perf_counter() - started)
@@ -244,10 +254,10 @@ async def measure(args: argparse.Namespace) -> Report:
             )
             await worker.ready()
             base_url = (await api.ready())["base_url"]
-            _user_id, key = await infra.new_user()
+            keys = [(await infra.new_user())[1] for _ in range(args.users)]
             load = Load(
                 base_url,
-                {"Authorization": f"Bearer {key}"},
+                keys,
                 {
                     "api": api.pid,
                     "worker": worker.pid,
@@ -256,7 +266,9 @@ async def measure(args: argparse.Namespace) -> Report:
                     "load generator (clients)": os.getpid(),
                 },
             )
-            task_ids: list[str] = []
+            # Each user's tasks, by the client's Authorization header: a user reads only
+            # their own.
+            task_ids: dict[str, list[str]] = {}
 
             async def healthz(client: httpx.AsyncClient, _index: int) -> httpx.Response:
                 return await client.get("/healthz")
@@ -266,11 +278,13 @@ async def measure(args: argparse.Namespace) -> Report:
                     "/v1/tasks", json={"prompt": f"benchmark task {index}"}
                 )
                 if response.status_code == 202:
-                    task_ids.append(response.json()["id"])
+                    owner = client.headers["authorization"]
+                    task_ids.setdefault(owner, []).append(response.json()["id"])
                 return response
 
             async def read(client: httpx.AsyncClient, _index: int) -> httpx.Response:
-                return await client.get(f"/v1/tasks/{random.choice(task_ids)}")
+                owned = task_ids[client.headers["authorization"]]
+                return await client.get(f"/v1/tasks/{random.choice(owned)}")
 
             async def start_directly(_index: int) -> None:
                 # What POST /v1/tasks asks of Temporal, straight from a client: no HTTP, no
@@ -288,7 +302,8 @@ async def measure(args: argparse.Namespace) -> Report:
             async def query_directly(_index: int) -> str:
                 # What GET /v1/tasks/{id} asks of Temporal for a running task. Bounded: under
                 # load Temporal answers "consistent query buffer is full" and the client retries.
-                handle = infra.client.get_workflow_handle(f"task-{random.choice(task_ids)}")
+                every_task = random.choice(list(task_ids.values()))
+                handle = infra.client.get_workflow_handle(f"task-{random.choice(every_task)}")
                 try:
                     async with asyncio.timeout(QUERY_LIMIT_SECONDS):
                         await handle.query(AgentTaskWorkflow.progress)
@@ -323,11 +338,12 @@ async def measure(args: argparse.Namespace) -> Report:
             phases["query"] = await load.run_calls(
                 "query", query_directly, args.clients, args.requests
             )
-            closed = await wait_until_closed(infra, task_queue, len(task_ids), args.wait)
+            started = sum(len(ids) for ids in task_ids.values())
+            closed = await wait_until_closed(infra, task_queue, started, args.wait)
             stalled: list[dict[str, Any]] = []
-            if closed < len(task_ids):
+            if closed < started:
                 print(
-                    f"bench: {closed} of {len(task_ids)} tasks finished within --wait; "
+                    f"bench: {closed} of {started} tasks finished within --wait; "
                     "the 'finished' reads mix states"
                 )
                 stalled = await describe_open(infra, task_queue)
@@ -339,6 +355,17 @@ async def measure(args: argparse.Namespace) -> Report:
             phases["GET /v1/tasks/{id}, finished"] = await load.run(
                 "GET finished", read, args.clients, args.requests, task_status
             )
+            paced = args.clients / args.paced_rate
+            phases["GET /v1/tasks/{id}, finished, paced"] = await load.run(
+                "GET finished, paced", read, args.clients, args.requests, task_status, paced
+            )
+            phases["POST /v1/tasks, paced"] = await load.run(
+                "POST paced",
+                create,
+                args.clients,
+                args.post_requests,
+                interval=args.clients / args.paced_post_rate,
+            )
             profile_summary = None
             if profile is not None:
                 await profile.stop()
@@ -348,7 +375,7 @@ async def measure(args: argparse.Namespace) -> Report:
                 if child is not None:
                     await child.stop()
     result = report(args, phases, profile_summary)
-    result.detail["tasks_closed_before_finished_reads"] = [closed, len(task_ids)]
+    result.detail["tasks_closed_before_finished_reads"] = [closed, started]
     result.detail["open_tasks_described"] = stalled
     return result
 
@@ -411,6 +438,34 @@ def report(
             ),
         ],
     )
+    paced_rows = []
+    for label, phase, target in (
+        ("POST /v1/tasks", phases["POST /v1/tasks, paced"], TARGET_POST_P99_MS),
+        (
+            "GET /v1/tasks/{id}, task finished",
+            phases["GET /v1/tasks/{id}, finished, paced"],
+            TARGET_GET_P99_MS,
+        ),
+    ):
+        p99 = phase.ms("p99")
+        paced_rows += [
+            Row(f"{label}: p50", [phase.ms("p50")], "ms"),
+            Row(
+                f"{label}: p99",
+                [p99],
+                "ms",
+                f"< {target} ms",
+                p99 is not None and p99 < target and phase.errors == 0,
+            ),
+            Row(f"{label}: max", [phase.ms("max")], "ms"),
+            Row(f"{label}: requests/s", [phase.throughput]),
+        ]
+    paced = Table(
+        f"Paced: {args.clients} clients, each on a schedule: POSTs {args.paced_post_rate:g}/s "
+        f"in all, GETs {args.paced_rate:g}/s in all",
+        ["Keel endpoint"],
+        paced_rows,
+    )
     cpu_names = list(post.cpu)
     cpu = Table(
         "CPU cores busy per process during each 50-client phase",
@@ -443,6 +498,7 @@ def report(
                 columns,
                 rows,
             ),
+            paced,
             single,
             cpu,
         ],
@@ -459,8 +515,26 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=1,
+        help="users the clients act for (client n for user n modulo this)",
+    )
     parser.add_argument("--requests", type=int, default=20, help="GETs per client per phase")
     parser.add_argument("--post-requests", type=int, default=10, help="POSTs per client")
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=100,
+        help="GETs/s of the paced phase, spread over the clients",
+    )
+    parser.add_argument(
+        "--paced-post-rate",
+        type=float,
+        default=20,
+        help="POSTs/s of the paced phase, spread over the clients",
+    )
     parser.add_argument("--steps", type=int, default=2, help="model calls per task")
     parser.add_argument("--model-latency", type=float, default=3.0, help="fake model seconds")
     parser.add_argument("--wait", type=float, default=180, help="seconds to let tasks finish")

@@ -27,7 +27,7 @@ from typing import Any
 import anthropic
 import httpx
 import temporalio.bridge.worker
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -46,6 +46,7 @@ from core.settings import Settings
 from core.temporal import connect_temporal
 from tests.fake_anthropic import FakeAnthropic
 from workers.api_server import run_api
+from workers.heap import freeze_startup_heap
 from workers.worker import build_worker
 
 
@@ -225,16 +226,10 @@ def worker_options(config: dict[str, Any], stats: ActivityStats) -> dict[str, An
 
 def database_engine(config: dict[str, Any]) -> tuple[AsyncEngine, int]:
     """Keel's engine (`core.db.create_engine`), or the same with another pool size."""
-    url = config["database_url"]
-    if config.get("db_pool_size") is None and config.get("db_max_overflow") is None:
-        engine = create_engine(url)
-    else:
-        engine = create_async_engine(
-            url,
-            pool_recycle=1800,
-            pool_size=config.get("db_pool_size") or 10,
-            max_overflow=config.get("db_max_overflow") or 20,
-        )
+    sizes = {"pool_size": config.get("db_pool_size"), "max_overflow": config.get("db_max_overflow")}
+    engine = create_engine(
+        config["database_url"], **{key: value for key, value in sizes.items() if value is not None}
+    )
     pool = engine.sync_engine.pool
     return engine, pool.size() + pool._max_overflow  # type: ignore[attr-defined]
 
@@ -269,6 +264,7 @@ async def serve_worker(config: dict[str, Any], stop: asyncio.Event) -> None:
     else:
         settings = Settings(task_queue=config["task_queue"], database_url=config["database_url"])
         worker = build_worker(client, settings, session_factory(engine), claude, **options)
+        freeze_startup_heap()  # as `workers.worker.run_worker` does
     sampling = asyncio.create_task(sampler.run())
     async with worker:
         _ready({"task_queue": config["task_queue"]})

@@ -2,6 +2,7 @@
 against the real app with a real user's key, gets no server error from any of them."""
 
 import importlib
+import inspect
 import pkgutil
 import uuid
 from collections.abc import Iterator
@@ -71,14 +72,18 @@ def test_no_request_gets_a_server_error(
     )
 
 
-def test_the_document_lists_every_route() -> None:
-    """Every route of every router in api/routes, and nothing else, is in the document."""
-    routes = set()
+def every_route() -> Iterator[APIRoute]:
+    """Every route of every router in api/routes."""
     for module_info in pkgutil.iter_modules(api.routes.__path__):
         module = importlib.import_module(f"api.routes.{module_info.name}")
         for route in module.router.routes:
             assert isinstance(route, APIRoute)
-            routes |= {(route.path, method) for method in route.methods or ()}
+            yield route
+
+
+def test_the_document_lists_every_route() -> None:
+    """Every route of every router in api/routes, and nothing else, is in the document."""
+    routes = {(route.path, method) for route in every_route() for method in route.methods or ()}
     documented = {
         (path, method.upper())
         for path, operations in schema.raw_schema["paths"].items()
@@ -86,3 +91,22 @@ def test_the_document_lists_every_route() -> None:
     }
     assert routes == documented
     assert {("/v1/me/keys", "POST"), ("/codec/decode", "POST"), ("/readyz", "GET")} <= routes
+
+
+def test_no_route_runs_in_the_thread_pool() -> None:
+    """Every route and every dependency it declares is a coroutine: FastAPI runs a plain
+    `def` one in its thread pool, a hand-off to another thread and back on every request."""
+    in_thread_pool = set()
+    for route in every_route():
+        pending = [route.dependant]
+        while pending:
+            dependant = pending.pop()
+            pending += dependant.dependencies
+            call = dependant.call
+            if call is None:
+                continue
+            coroutine = inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+            method = getattr(call, "__call__", None)  # noqa: B004 (an instance, like HTTPBearer)
+            if not coroutine and not inspect.iscoroutinefunction(method):
+                in_thread_pool.add(f"{route.path}: {getattr(call, '__name__', call)}")
+    assert not in_thread_pool

@@ -8,6 +8,7 @@ import uvicorn
 
 from api.main import create_app
 from core.settings import Settings
+from workers.heap import freeze_startup_heap
 
 
 class _Server(uvicorn.Server):
@@ -27,6 +28,7 @@ async def run_api(
         app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False
     )
     server = _Server(config)
+    freeze_startup_heap()
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

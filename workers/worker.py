@@ -25,6 +25,7 @@ from core.db import create_engine, session_factory
 from core.settings import Settings
 from core.telemetry import metrics_runtime, tracing_interceptors
 from core.temporal import connect_temporal
+from workers.heap import freeze_startup_heap
 from workflows.agent_task import AgentTaskWorkflow
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
@@ -140,6 +141,7 @@ async def run_worker(
         interceptors=tracing_interceptors(settings.tracing, "keel-worker"),
     )
     worker = build_worker(client, settings, session_factory(engine), anthropic_client())
+    freeze_startup_heap()
     log.info("worker polling", task_queue=settings.task_queue)
     async with worker:
         await stop.wait()
