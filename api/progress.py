@@ -21,6 +21,16 @@ from schemas.agent_task import (
 from schemas.tables import Approval, Task, TaskEvent
 
 DETAIL_CHARS = 200
+# The events progress is built from: not `text_delta` (a streamed answer writes many, with
+# its text), so a task streaming a long answer is read as fast as one that is not.
+PROGRESS_EVENTS = (
+    events.LLM_STARTED,
+    events.LLM_FINISHED,
+    events.TOOL_STARTED,
+    events.TOOL_FINISHED,
+    events.QUESTION_ASKED,
+    events.QUESTION_SETTLED,
+)
 
 
 def _finish(step: Step, at: datetime, outcome: str, detail: str | None = None) -> None:
@@ -34,7 +44,9 @@ async def live_progress(session: AsyncSession, task: Task) -> TaskProgress:
     """Steps and usage from the task's events; what it waits for from its pending
     approvals and its unsettled question."""
     rows = await session.exec(
-        select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(col(TaskEvent.id))
+        select(TaskEvent)
+        .where(TaskEvent.task_id == task.id, col(TaskEvent.type).in_(PROGRESS_EVENTS))
+        .order_by(col(TaskEvent.id))
     )
     steps: list[Step] = []
     usage = Usage()
