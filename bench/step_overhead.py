@@ -23,7 +23,6 @@ from time import perf_counter
 from typing import Any
 
 import anthropic
-from sqlalchemy.ext.asyncio import create_async_engine
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Worker
 
@@ -52,7 +51,7 @@ from bench.common import (
     setup_logging,
     summary,
 )
-from core.db import session_factory, session_scope
+from core.db import create_engine, session_factory, session_scope
 from core.settings import Settings
 from schemas.agent_task import StartAgentTaskInput, TaskStatus
 from schemas.tables import User
@@ -147,9 +146,7 @@ class StepOverhead:
 async def transaction_cost(infra: Infra, user_id: str, pre_ping: bool, repeats: int = 200) -> float:
     """Median milliseconds of one transaction as Keel's activities make them: a session from
     the pool, one primary-key read, commit. With or without the pool's pre-ping."""
-    engine = create_async_engine(
-        infra.database_url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=20
-    )
+    engine = create_engine(infra.database_url, pool_pre_ping=pre_ping)
     sessions = session_factory(engine)
     durations = []
     for _ in range(repeats):
