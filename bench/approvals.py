@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from sqlmodel import col, func, select
@@ -48,24 +48,25 @@ TARGET_P99_MS = 300
 START_CONCURRENCY = 100
 
 Decision = Callable[[], Awaitable[None]]
+T = TypeVar("T")
 
 
-async def bounded(calls: Sequence[Callable[[], Awaitable[Any]]], at_once: int) -> None:
+async def bounded(calls: Sequence[Callable[[], Awaitable[T]]], at_once: int) -> list[T]:
+    """Every call's result, at most `at_once` running at a time."""
     gate = asyncio.Semaphore(at_once)
 
-    async def one(call: Callable[[], Awaitable[Any]]) -> None:
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
         async with gate:
-            await call()
+            return await call()
 
-    await asyncio.gather(*(one(call) for call in calls))
+    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
-async def timed(decision: Decision, latencies: list[float]) -> float:
+async def timed(decision: Decision) -> float:
+    """The decision's round trip, in milliseconds."""
     sent = time.perf_counter()
     await decision()
-    latency = (time.perf_counter() - sent) * 1000
-    latencies.append(latency)
-    return latency
+    return (time.perf_counter() - sent) * 1000
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Decisions:
         arrivals = random.Random(7)
         sent: list[asyncio.Task[float]] = []
         for decision in decisions[:half]:
-            sent.append(asyncio.create_task(timed(decision, [])))
+            sent.append(asyncio.create_task(timed(decision)))
             await asyncio.sleep(arrivals.expovariate(args.rate))
         # In the order they were sent, so the JSON shows when the slow ones came.
         self.open_loop = list(await asyncio.gather(*sent))
@@ -95,8 +96,8 @@ class Decisions:
         sampler = ProcessSampler(pids)
         sampler.start()
         started = time.perf_counter()
-        closed = [lambda d=d: timed(d, self.closed_loop) for d in decisions[half:]]
-        await bounded(closed, args.in_flight)
+        closed = [lambda d=d: timed(d) for d in decisions[half:]]
+        self.closed_loop = await bounded(closed, args.in_flight)
         self.per_second = len(closed) / (time.perf_counter() - started)
         await sampler.stop()
         self.cpu = {name: f["cores_busy"] for name, f in sampler.cpu_table().items()}
