@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from schemas.tables import ApiKey, User, utcnow
+from schemas.tables import ApiKey, User, from_row, utcnow
 
 API_KEY_PREFIX = "keel_"
 SHOWN_PREFIX_CHARS = 12
@@ -133,8 +133,7 @@ async def authenticate(connection: AsyncConnection, key: str, limit: int) -> Cal
     ).first()
     if row is None:
         return None
-    columns = User.__table__.columns  # type: ignore[attr-defined]
-    user = User(**{column.name: row._mapping[column.name] for column in columns})
+    user = from_row(User, row._mapping)
     retry_after = 0 if row.admitted else _retry_after(limit, row.previous, row.current, row.elapsed)
     return Caller(
         user=user, key_id=row.key_id, admitted=row.admitted, retry_after_seconds=retry_after

@@ -1,10 +1,10 @@
 """Keel's Postgres tables. Never Temporal payloads: pass IDs or plain models instead."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, RowMapping, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -15,6 +15,15 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return str(uuid4())
+
+
+Table = TypeVar("Table", bound=SQLModel)
+
+
+def from_row(table: type[Table], row: RowMapping) -> Table:
+    """A table model from a Core result row's mapping holding (at least) all its columns."""
+    columns = table.__table__.columns  # type: ignore[attr-defined]
+    return table(**{column.name: row[column.name] for column in columns})
 
 
 def _timestamp() -> Any:

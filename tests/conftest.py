@@ -20,6 +20,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -153,7 +154,13 @@ async def serve_api(
     settings: Settings, database_url: str, temporal_address: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the real FastAPI app with these settings, lifespan included."""
-    app = create_app(settings, database_url, temporal_address)
+    async with serve_app(create_app(settings, database_url, temporal_address)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def serve_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of this app, its lifespan running."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:

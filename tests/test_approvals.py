@@ -5,6 +5,7 @@ import asyncio
 from typing import Any
 
 import httpx
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,6 +16,7 @@ from temporalio.worker import Worker
 
 from activities.builtin_tools import builtin_registry
 from activities.store import StoreActivities
+from api.main import create_app
 from core.agents import AgentCatalog
 from core.db import session_scope
 from core.settings import Settings
@@ -24,6 +26,7 @@ from tests.conftest import (
     Account,
     MakeAccount,
     assert_replays,
+    serve_app,
     wait_for_status,
     wait_until_finished,
 )
@@ -120,6 +123,40 @@ async def test_approved_tool_runs_once_a_person_says_yes(
         history[completed + 1 :].index(EventType.EVENT_TYPE_MARKER_RECORDED)
     )
     await assert_replays(handle)
+
+
+async def test_a_running_task_is_read_in_one_statement_after_the_key_check(
+    settings: Settings,
+    database_url: str,
+    temporal_address: str,
+    worker: Worker,
+    fake_claude: FakeAnthropic,
+    sessions: async_sessionmaker[AsyncSession],
+    make_account: MakeAccount,
+) -> None:
+    """GET of a live task reads the task, its events and its pending approvals together:
+    one round trip, not a transaction of one query each."""
+    alice = await make_account()
+    await add_note(sessions, alice, "old.md", "stale")
+    fake_claude.script(tool_use(ToolCall("notes_delete", {"path": "old.md"})), text("Deleted."))
+    app = create_app(settings, database_url, temporal_address)
+    async with serve_app(app) as api:
+        task_id = await start(api, alice, "Delete old.md")
+        await wait_for(api, task_id, alice, "awaiting_approval")
+        statements: list[str] = []
+
+        def executed(_connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if "request_logs" not in statement:  # the request log's writes, in the background
+                statements.append(statement)
+
+        for engine in (app.state.sessions.kw["bind"], app.state.autocommit_engine):
+            event.listen(engine.sync_engine, "before_cursor_execute", executed)
+        waiting = (await api.get(f"/v1/tasks/{task_id}", headers=alice.headers)).json()
+
+    assert len(statements) == 2, statements  # the key check, then the task
+    assert [(s["kind"], s["outcome"]) for s in waiting["steps"]] == [("llm", "tool_use")]
+    [pending] = waiting["pending_approvals"]
+    assert (pending["tool"], pending["arguments"]) == ("notes_delete", {"path": "old.md"})
 
 
 async def test_rejected_tool_does_not_run_and_claude_is_told_why(

@@ -29,8 +29,9 @@ from api.events import event_stream
 from api.limits import ensure_prompt_size, ensure_task_quota
 from api.observability import ApiMetrics
 from api.paging import newest_first
-from api.progress import live_progress
+from api.progress import read_task
 from api.routes.sessions import post_within_limits
+from core.db import autocommit
 from core.records import insert_task_row
 from core.session_client import drop_waiting_message
 from core.settings import Settings
@@ -162,8 +163,6 @@ async def create_task(
 
 # What a session decides for its turns: a task posted into one cannot set them.
 _SESSION_DECIDES = ("agent", "max_steps", "max_tokens", "notify", "start_at", "priority")
-# Tasks whose workflow has not begun them: their row is all there is to show.
-_NOT_BEGUN = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED})
 
 
 async def _post_into_session(
@@ -194,17 +193,22 @@ async def owned_task(session: AsyncSession, task_id: str, user: User) -> Task:
         await session.exec(select(Task).where(Task.id == task_id, Task.user_id == user.id))
     ).first()
     if task is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
+        raise _no_such_task(task_id)
     return task
 
 
+def _no_such_task(task_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
+
+
 @router.get("/{task_id}", response_model=TaskView)
-async def get_task(task_id: str, user: CurrentUser, session: DbSession) -> TaskView:
+async def get_task(task_id: str, user: CurrentUser, sessions: DbSessions) -> TaskView:
     """A task's status, steps, plan, usage and result; another user's task answers 404."""
-    task = await owned_task(session, task_id, user)
-    if task.status in TERMINAL_STATUSES or task.status in _NOT_BEGUN:
-        return _view(task)
-    return _view(task, await live_progress(session, task))
+    async with autocommit(sessions) as connection:
+        found = await read_task(connection, task_id, user.id)
+    if found is None:
+        raise _no_such_task(task_id)
+    return _view(*found)
 
 
 @router.get("", response_model=TaskPage)
