@@ -352,6 +352,7 @@ async def measure(args: argparse.Namespace) -> Report:
                     "the 'finished' reads mix states"
                 )
                 stalled = await describe_open(infra, task_queue)
+                RESULTS_DIR.mkdir(exist_ok=True)
                 for log in infra.workdir.glob("*.log"):
                     shutil.copy(log, RESULTS_DIR / f"api-stalled-{log.name}")
             phases["GET /v1/tasks/{id}, finished, 1 client"] = await load.run(

@@ -386,6 +386,12 @@ def _limit_rows(keel: LoadResult, bare: LoadResult | None, args: argparse.Namesp
                 return value
         return None
 
+    def retries(result: LoadResult | None, kind: str) -> float | None:
+        if result is None:
+            return None
+        counts = result.worker.get("activities", {}).get("retries", {})
+        return sum(n for name, n in counts.items() if _SAME_AS.get(name, name) == kind)
+
     def workflow_task_ms(result: LoadResult | None, part: str) -> float | None:
         if result is None:
             return None
@@ -431,6 +437,23 @@ def _limit_rows(keel: LoadResult, bare: LoadResult | None, args: argparse.Namesp
                     "s",
                 )
             )
+        for q in ("p50", "max"):
+            rows.append(
+                Row(
+                    f"{kind}: handed to the worker -> its code runs, {q}",
+                    [
+                        activity_figure(keel, "handed_over_seconds", kind, q),
+                        activity_figure(bare, "handed_over_seconds", kind, q),
+                    ],
+                    "s",
+                )
+            )
+        rows.append(
+            Row(
+                f"{kind}: attempts that were retries",
+                [retries(keel, kind), retries(bare, kind)],
+            )
+        )
         rows.append(
             Row(
                 f"{kind}: running, p50",

@@ -74,12 +74,15 @@ async def _until_stopped(stop: asyncio.Event, deadline_seconds: float) -> None:
 
 
 class ActivityStats:
-    """Per activity type: seconds from scheduled to started, and running; and how many ran
-    at once."""
+    """Per activity type: seconds from scheduled to its code running, and of that, from the
+    server handing it to the worker (where its heartbeat clock starts) to its code running;
+    seconds running; attempts that were retries; and how many ran at once."""
 
     def __init__(self) -> None:
         self.queued: dict[str, list[float]] = {}
+        self.handed_over: dict[str, list[float]] = {}
         self.running: dict[str, list[float]] = {}
+        self.retries: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -87,16 +90,25 @@ class ActivityStats:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def end(self, kind: str, queued: float, running: float) -> None:
+    def end(self, info: activity.Info, entered: float, running: float) -> None:
+        kind = info.activity_type
         self.in_flight -= 1
-        self.queued.setdefault(kind, []).append(queued)
+        self.queued.setdefault(kind, []).append(
+            entered - info.current_attempt_scheduled_time.timestamp()
+        )
+        self.handed_over.setdefault(kind, []).append(entered - info.started_time.timestamp())
         self.running.setdefault(kind, []).append(running)
+        self.retries[kind] = self.retries.get(kind, 0) + (info.attempt > 1)
 
     def report(self) -> dict[str, Any]:
         return {
             "max_in_flight": self.max_in_flight,
             "queued_seconds": {kind: summary(values) for kind, values in self.queued.items()},
+            "handed_over_seconds": {
+                kind: summary(values) for kind, values in self.handed_over.items()
+            },
             "running_seconds": {kind: summary(values) for kind, values in self.running.items()},
+            "retries": self.retries,
         }
 
 
@@ -107,13 +119,13 @@ class _TimedActivity(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
-        queued = time.time() - info.current_attempt_scheduled_time.timestamp()
+        entered = time.time()
         self._stats.begin()
         started = time.perf_counter()
         try:
             return await super().execute_activity(input)
         finally:
-            self._stats.end(info.activity_type, queued, time.perf_counter() - started)
+            self._stats.end(info, entered, time.perf_counter() - started)
 
 
 class TimingInterceptor(Interceptor):

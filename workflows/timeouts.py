@@ -20,9 +20,13 @@ NOTIFY_RETRY = RetryPolicy(
     non_retryable_error_types=["UnknownUser"],
 )
 
-# A Claude call streams; heartbeats show it is alive, so a lost worker is noticed fast.
+# A Claude call streams; heartbeats show it is alive, so a lost worker is noticed within
+# the heartbeat timeout. Its clock starts when the server hands the call to the worker, not
+# when the call's code first runs: on a saturated worker, calls waited 8 s (median) and up
+# to 32 s between the two (bench/README.md, Concurrency); at 20 s, 6-11% of them timed
+# out unstarted and went to Claude again.
 LLM_TIMEOUT = timedelta(minutes=10)
-LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 LLM_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
