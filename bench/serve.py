@@ -17,6 +17,7 @@ Each prints `READY <json>` once it serves, and stops when its standard input clo
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
 import threading
@@ -61,8 +62,14 @@ def _stop_on_stdin_close(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -
 
 
 def _ready(info: dict[str, Any]) -> None:
+    """Report READY on standard output, then point standard output at the log (standard
+    error). The benchmark reads only this line: anything written to the pipe after it, such
+    as the Temporal core's warnings, would fill it, and the next write would block the
+    writing thread for good (a worker whose core blocked so stopped polling, and its tasks
+    stalled)."""
     sys.stdout.write(f"READY {json.dumps(info)}\n")
     sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
 async def _until_stopped(stop: asyncio.Event, deadline_seconds: float) -> None:
