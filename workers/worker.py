@@ -10,8 +10,7 @@ import structlog
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
-from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
@@ -36,15 +35,15 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT_THROTTLE = timedelta(seconds=3)
 
-# The sandbox re-imports a workflow's module for every run, so each cached run held its own
-# copy of `workflows.agent_task` (~60 KB, a third of a parked task's memory) and every start
-# or replay paid for the import. Keel's workflow modules keep no module state, so the worker
-# shares them across runs, which also means the sandbox's non-determinism restrictions do not
-# watch their code here. They do in the tests: every workflow test replays its history
-# through the fully sandboxed runner (`REPLAYER` in tests/conftest.py).
-SHARED_WORKFLOW_MODULES = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
-)
+# Workflows run outside the sandbox. The sandbox re-imports a workflow's module for every run
+# (each cached run held its own ~60 KB copy of `workflows.agent_task`, and every start or
+# replay paid for the import), and it runs every payload's serialization-context lookup as
+# code compiled and executed inside it: 14% of the worker's CPU per task under load
+# (bench/README.md, Concurrency). Keel's workflow modules keep no module state and take time,
+# randomness and I/O only through `workflow.*`; the sandbox checks that in the tests, where
+# every workflow test replays its history through the fully sandboxed runner (`REPLAYER` in
+# tests/conftest.py).
+WORKFLOW_RUNNER = UnsandboxedWorkflowRunner()
 
 
 def anthropic_client() -> anthropic.AsyncAnthropic | None:
@@ -93,7 +92,7 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        workflow_runner=SHARED_WORKFLOW_MODULES,
+        workflow_runner=WORKFLOW_RUNNER,
         workflows=[
             AgentTaskWorkflow,
             ScheduledRunWorkflow,
