@@ -425,45 +425,26 @@ def _limit_rows(keel: LoadResult, bare: LoadResult | None, args: argparse.Namesp
             for kind in keel.worker.get("activities", {}).get("queued_seconds", {})
         }
     )
-    for kind in kinds:
-        for q in ("p50", "p99"):
-            rows.append(
-                Row(
-                    f"{kind}: scheduled -> started, {q}",
-                    [
-                        activity_figure(keel, "queued_seconds", kind, q),
-                        activity_figure(bare, "queued_seconds", kind, q),
-                    ],
-                    "s",
-                )
-            )
-        for q in ("p50", "max"):
-            rows.append(
-                Row(
-                    f"{kind}: handed to the worker -> its code runs, {q}",
-                    [
-                        activity_figure(keel, "handed_over_seconds", kind, q),
-                        activity_figure(bare, "handed_over_seconds", kind, q),
-                    ],
-                    "s",
-                )
-            )
-        rows.append(
+
+    def timings(kind: str, part: str, label: str, quantiles: tuple[str, ...]) -> list[Row]:
+        return [
             Row(
-                f"{kind}: attempts that were retries",
-                [retries(keel, kind), retries(bare, kind)],
-            )
-        )
-        rows.append(
-            Row(
-                f"{kind}: running, p50",
-                [
-                    activity_figure(keel, "running_seconds", kind, "p50"),
-                    activity_figure(bare, "running_seconds", kind, "p50"),
-                ],
+                f"{kind}: {label}, {q}",
+                [activity_figure(keel, part, kind, q), activity_figure(bare, part, kind, q)],
                 "s",
             )
+            for q in quantiles
+        ]
+
+    for kind in kinds:
+        rows += timings(kind, "queued_seconds", "scheduled -> started", ("p50", "p99"))
+        rows += timings(
+            kind, "handed_over_seconds", "handed to the worker -> its code runs", ("p50", "max")
         )
+        rows.append(
+            Row(f"{kind}: attempts that were retries", [retries(keel, kind), retries(bare, kind)])
+        )
+        rows += timings(kind, "running_seconds", "running", ("p50",))
 
     def events(result: LoadResult | None) -> float | None:
         if result is None or not result.histories:
