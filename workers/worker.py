@@ -38,7 +38,7 @@ HEARTBEAT_THROTTLE = timedelta(seconds=3)
 # Workflows run outside the sandbox. The sandbox re-imports a workflow's module for every run
 # (each cached run held its own ~60 KB copy of `workflows.agent_task`, and every start or
 # replay paid for the import), and it runs every payload's serialization-context lookup as
-# code compiled and executed inside it: 14% of the worker's CPU per task under load
+# code compiled and executed inside it: 12-15% of the worker's CPU per task under load
 # (bench/README.md, Concurrency). Keel's workflow modules keep no module state and take time,
 # randomness and I/O only through `workflow.*`; the sandbox checks that in the tests, where
 # every workflow test replays its history through the fully sandboxed runner (`REPLAYER` in
