@@ -7,7 +7,7 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Select, case, func
+from sqlalchemy import JSON, ColumnElement, Select, bindparam, case, func
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
@@ -77,11 +77,14 @@ _APPROVALS = select(
         type_=JSON,
     )
 ).where(Approval.task_id == Task.id, Approval.status == ApprovalStatus.PENDING.value)
+# Built once, with the task and its owner as parameters: building it on each call (a copy,
+# then SQLAlchemy walking it, subqueries included, for its compiled-cache key) cost about
+# 40% of the read's CPU.
 _READ_TASK = select(
     Task.__table__,  # type: ignore[attr-defined]
     _while_live(_EVENTS).label("progress_events"),
     _while_live(_APPROVALS).label("pending_approvals"),
-)
+).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"))
 
 
 async def read_task(
@@ -90,8 +93,7 @@ async def read_task(
     """The user's task, with its live progress while it runs (None once it has ended or
     before it begins); None if the user has no such task. One round trip: run it on an
     autocommit connection."""
-    statement = _READ_TASK.where(Task.id == task_id, Task.user_id == user_id)
-    row = (await connection.execute(statement)).first()
+    row = (await connection.execute(_READ_TASK, {"task_id": task_id, "user_id": user_id})).first()
     if row is None:
         return None
     task = from_row(Task, row._mapping)
