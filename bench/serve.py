@@ -28,6 +28,7 @@ from typing import Any
 import anthropic
 import httpx
 import temporalio.bridge.worker
+import uvloop
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.worker import (
@@ -368,7 +369,8 @@ async def serve(role: str, config: dict[str, Any]) -> None:
 def main() -> None:
     role, config = sys.argv[1], json.loads(sys.argv[2])
     setup_logging()
-    asyncio.run(serve(role, config))
+    # The event loop of Keel's processes (`keel worker`, `keel api`), for bare temporalio too.
+    uvloop.run(serve(role, config))
 
 
 if __name__ == "__main__":

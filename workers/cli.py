@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
+import uvloop
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -32,7 +33,10 @@ def _setup() -> Settings:
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)`; SIGINT or SIGTERM sets `stop` so it can shut down cleanly."""
+    """Run `main(stop)` on uvloop; SIGINT or SIGTERM sets `stop` so it can shut down cleanly.
+
+    uvloop, not asyncio's own loop: its loop and transports are native code, which the API's
+    request handling gains from (see `workers.api_server`)."""
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -41,7 +45,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    uvloop.run(runner())
 
 
 @app.command()
