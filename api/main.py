@@ -58,7 +58,7 @@ def create_app(
         app.state.agents = AgentCatalog.load(settings.agents_file)
         app.state.tools = builtin_registry()
         app.state.codec = encryption_codec(settings)
-        app.state.request_log.start(app.state.sessions)
+        app.state.request_log.start(engine)
         yield
         await app.state.request_log.close()
         await engine.dispose()

@@ -8,14 +8,16 @@ from typing import Any
 import structlog
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db import session_scope
 from schemas.tables import RequestLog
 
 log = structlog.get_logger(__name__)
 
+# One prebuilt statement, run once per batch with a row of parameters each (an executemany):
+# a VALUES list built from the batch is a new statement for SQLAlchemy to compile every
+# flush, about 35 ms of the API's CPU for 150 rows against about 5.
+_INSERT = insert(RequestLog)
 FLUSH_SECONDS = 1.0
 BATCH_ROWS = 500
 # While Postgres is unreachable rows wait here; past this many, new ones are dropped.
@@ -30,12 +32,12 @@ class RequestLogWriter:
         self._pending: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closing = False
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._engine: AsyncEngine | None = None
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
-    def start(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+    def start(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="request-log-writer")
 
@@ -66,12 +68,12 @@ class RequestLogWriter:
         await self._flush()
 
     async def _flush(self) -> None:
-        assert self._sessions is not None
+        assert self._engine is not None
         while self._pending:
             batch, self._pending = self._pending[:BATCH_ROWS], self._pending[BATCH_ROWS:]
             try:
-                async with session_scope(self._sessions) as session:
-                    await session.exec(insert(RequestLog).values(batch))
+                async with self._engine.begin() as connection:
+                    await connection.execute(_INSERT, batch)
             except (SQLAlchemyError, OSError) as exc:
                 # The log is an operator's record, not the user's data: losing a batch
                 # while Postgres is down must not stop the API.
