@@ -107,6 +107,37 @@ _FINISH = events.for_each(_FINISHED).add_cte(
 )
 
 
+async def record_end(sessions: async_sessionmaker[AsyncSession], progress: TaskProgress) -> None:
+    """Store a task's final state in its projection row, close its pending approvals and
+    write its `task_finished` event, unless the row has ended already (one statement)."""
+    status = progress.status.value
+    params = {
+        "final_task": progress.task_id,
+        "final_status": status,
+        "final_stop_reason": progress.stop_reason,
+        "final_result_text": progress.result_text,
+        "final_error": progress.error,
+        "final_usage": progress.usage.model_dump(),
+        "final_steps": [step.model_dump(mode="json") for step in progress.steps],
+        "final_plan": [item.model_dump(mode="json") for item in progress.plan],
+        "closing_reason": f"the task was {status} before anyone decided",
+        **events.event(
+            events.TASK_FINISHED,
+            status=status,
+            stop_reason=progress.stop_reason,
+            result_text=progress.result_text,
+            error=progress.error,
+        ).params(),
+    }
+    async with autocommit(sessions) as connection:
+        if (await connection.execute(_FINISH, params)).rowcount:
+            return
+        # Nothing written: a retry that finds it recorded already, or no row at all.
+        if await connection.scalar(select(Task.id).where(col(Task.id) == progress.task_id)):
+            return
+    raise ValueError(f"task {progress.task_id} has no projection row")
+
+
 class StoreActivities:
     def __init__(
         self,
@@ -325,29 +356,4 @@ class StoreActivities:
     @activity.defn
     async def finish_task(self, progress: TaskProgress) -> None:
         """Store the task's final state in its projection row (one statement)."""
-        status = progress.status.value
-        params = {
-            "final_task": progress.task_id,
-            "final_status": status,
-            "final_stop_reason": progress.stop_reason,
-            "final_result_text": progress.result_text,
-            "final_error": progress.error,
-            "final_usage": progress.usage.model_dump(),
-            "final_steps": [step.model_dump(mode="json") for step in progress.steps],
-            "final_plan": [item.model_dump(mode="json") for item in progress.plan],
-            "closing_reason": f"the task was {status} before anyone decided",
-            **events.event(
-                events.TASK_FINISHED,
-                status=status,
-                stop_reason=progress.stop_reason,
-                result_text=progress.result_text,
-                error=progress.error,
-            ).params(),
-        }
-        async with autocommit(self._sessions) as connection:
-            if (await connection.execute(_FINISH, params)).rowcount:
-                return
-            # Nothing written: a retry that finds it recorded already, or no row at all.
-            if await connection.scalar(select(Task.id).where(col(Task.id) == progress.task_id)):
-                return
-        raise ValueError(f"task {progress.task_id} has no projection row")
+        await record_end(self._sessions, progress)

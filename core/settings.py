@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         ge=10,
         description="How late a schedule's firing, missed while Temporal was down, still runs.",
     )
+    reconcile_interval_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="How often the worker's schedule settles tasks whose workflow was "
+        "terminated or timed out in Temporal.",
+    )
     default_context_tokens: int = Field(default=32_000, ge=256)
     session_idle_seconds: float = Field(default=3600.0, gt=0)
     rate_limit_per_minute: int = Field(

@@ -9,12 +9,23 @@ import anthropic
 import structlog
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+)
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.builtin_tools import builtin_registry
 from activities.llm import LlmActivities
 from activities.notify import NotifyActivities, TelegramChannel
+from activities.reconcile import ReconcileActivities
 from activities.sessions import SessionActivities
 from activities.store import StoreActivities
 from activities.telegram import TelegramActivities, telegram_bot
@@ -26,6 +37,7 @@ from core.telemetry import metrics_runtime, tracing_interceptors
 from core.temporal import connect_temporal
 from workers.heap import freeze_startup_heap
 from workflows.agent_task import AgentTaskWorkflow
+from workflows.reconcile import ReconcileTasksWorkflow, reconcile_schedule_id
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.session import SessionWorkflow
@@ -82,6 +94,8 @@ def build_worker(
         telegram_channels.append(TelegramChannel(sessions))
     notify = NotifyActivities(sessions, telegram_channels)
     session_posts = SessionActivities(sessions, settings)
+    queue = task_queue or settings.task_queue
+    reconcile = ReconcileActivities(sessions, queue)
     options: dict[str, Any] = {
         "max_concurrent_activities": settings.worker_max_activities,
         "max_cached_workflows": settings.worker_max_cached_workflows,
@@ -89,7 +103,7 @@ def build_worker(
     }
     return Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
+        task_queue=queue,
         # Cancellation reaches a running activity in a heartbeat's reply: keep them frequent.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         workflow_runner=WORKFLOW_RUNNER,
@@ -98,6 +112,7 @@ def build_worker(
             ScheduledRunWorkflow,
             ReminderWorkflow,
             SessionWorkflow,
+            ReconcileTasksWorkflow,
             *telegram_workflows,
         ],
         activities=[
@@ -114,10 +129,39 @@ def build_worker(
             store.cancel_queued_tasks,
             llm.fold_session_context,
             session_posts.post_to_session,
+            reconcile.settle_ended_tasks,
             *telegram_activities,
         ],
         **options,
     )
+
+
+async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """The schedule that settles tasks whose workflow ended outside Keel, one per task
+    queue: created by the first worker to start, brought up to date by every later one."""
+    schedule_id = reconcile_schedule_id(settings.task_queue)
+    schedule = Schedule(
+        # By name: given the typed method of a workflow without arguments, mypy solves the
+        # overload's type variables to Never and then rejects unrelated typed calls elsewhere.
+        action=ScheduleActionStartWorkflow(
+            ReconcileTasksWorkflow.__name__,
+            id=schedule_id,
+            task_queue=settings.task_queue,
+            static_summary="settle tasks whose workflow ended outside Keel",
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))
+            ]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+        await client.get_schedule_handle(schedule_id).update(
+            lambda _current: ScheduleUpdate(schedule=schedule)
+        )
 
 
 async def run_worker(
@@ -140,6 +184,7 @@ async def run_worker(
         interceptors=tracing_interceptors(settings.tracing, "keel-worker"),
     )
     worker = build_worker(client, settings, session_factory(engine), anthropic_client())
+    await ensure_reconcile_schedule(client, settings)
     freeze_startup_heap()
     log.info("worker polling", task_queue=settings.task_queue)
     async with worker:

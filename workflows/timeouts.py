@@ -62,3 +62,12 @@ SESSION_POST_RETRY = RetryPolicy(
     maximum_attempts=10,
     non_retryable_error_types=["SessionNotFound", "ValueError"],
 )
+
+# Settling tasks whose workflow ended outside Keel: a visibility query and a write per task.
+# The next run of its schedule tries again, so a few attempts are enough.
+RECONCILE_TIMEOUT = timedelta(minutes=2)
+RECONCILE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=3,
+)

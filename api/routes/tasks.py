@@ -29,9 +29,9 @@ from api.events import event_stream
 from api.limits import ensure_prompt_size, ensure_task_quota
 from api.observability import ApiMetrics
 from api.paging import newest_first
-from api.progress import read_task
 from api.routes.sessions import post_within_limits
 from core.db import autocommit
+from core.progress import read_task
 from core.records import insert_task_row
 from core.session_client import drop_waiting_message
 from core.settings import Settings
