@@ -3,13 +3,14 @@
 A task's workflow records how it ended in the tasks projection before it closes. One that
 is terminated, or runs past a timeout, in Temporal (an operator in the Web UI, `temporal
 workflow terminate`) closes without doing so: its row would stay `running` for good, count
-against its user's cap on unfinished tasks, and keep its event stream open. Temporal is the
-source of truth for what is running, so this activity asks it which task workflows on the
-worker's queue have closed that way, and ends their rows as `failed` (`cancelled` for a
-workflow cancelled before it could record it), with what progress their events show."""
+against its user's cap on unfinished tasks, and keep its event stream open. So would the
+messages still queued in a session whose workflow ended that way. Temporal is the source
+of truth for what is running, so this activity asks it which task and session workflows on
+the worker's queue have closed that way, and ends those rows as `failed` (`cancelled` for
+a workflow cancelled before it could record it), with what progress their events show."""
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -20,41 +21,41 @@ from temporalio.client import WorkflowExecutionStatus
 from activities.store import record_end
 from core.db import autocommit
 from core.progress import read_task
+from core.session_client import session_workflow_id
 from schemas.agent_task import TERMINAL_STATUSES, TaskProgress, TaskStatus
-from schemas.tables import Task, utcnow
+from schemas.tables import SessionTurn, Task, utcnow
+from workflows.agent_task import task_workflow_id
 
 # How far back closed workflows are looked for: the schedule runs every few minutes, so a
 # day covers a worker that was down for most of one.
 LOOKBACK = timedelta(days=1)
-TASK_WORKFLOW_PREFIX = "task-"
 
 
 @dataclass(frozen=True)
 class Ending:
-    """How a task whose workflow closed this way is shown."""
+    """How a task whose workflow (or session's workflow) closed this way is shown."""
 
     visibility_name: str  # the workflow status as Temporal's list filter spells it
     status: TaskStatus
-    error: str
+    how: str
 
 
 ENDINGS = {
-    WorkflowExecutionStatus.TERMINATED: Ending(
-        "Terminated", TaskStatus.FAILED, "the task's workflow was terminated in Temporal"
-    ),
-    WorkflowExecutionStatus.TIMED_OUT: Ending(
-        "TimedOut", TaskStatus.FAILED, "the task's workflow timed out in Temporal"
-    ),
-    WorkflowExecutionStatus.FAILED: Ending(
-        "Failed", TaskStatus.FAILED, "the task's workflow failed in Temporal"
-    ),
-    WorkflowExecutionStatus.CANCELED: Ending(
-        "Canceled", TaskStatus.CANCELLED, "the task's workflow was cancelled in Temporal"
-    ),
+    WorkflowExecutionStatus.TERMINATED: Ending("Terminated", TaskStatus.FAILED, "was terminated"),
+    WorkflowExecutionStatus.TIMED_OUT: Ending("TimedOut", TaskStatus.FAILED, "timed out"),
+    WorkflowExecutionStatus.FAILED: Ending("Failed", TaskStatus.FAILED, "failed"),
+    WorkflowExecutionStatus.CANCELED: Ending("Canceled", TaskStatus.CANCELLED, "was cancelled"),
 }
 _CLOSED_WITHOUT_RECORDING = " OR ".join(
     f"ExecutionStatus = '{ending.visibility_name}'" for ending in ENDINGS.values()
 )
+_UNFINISHED = col(Task.status).not_in([status.value for status in TERMINAL_STATUSES])
+
+
+@dataclass(frozen=True)
+class Closed:
+    ending: Ending
+    at: datetime
 
 
 class ReconcileActivities:
@@ -64,38 +65,61 @@ class ReconcileActivities:
 
     @activity.defn
     async def settle_ended_tasks(self) -> int:
-        """End the rows of tasks whose workflow closed without recording its end; how many."""
+        """End the rows of tasks whose workflow closed without recording its end, and of
+        messages left queued in a session whose workflow did; how many."""
+        tasks = await self._closed("AgentTaskWorkflow", task_workflow_id(""))
+        sessions = await self._closed("SessionWorkflow", session_workflow_id(""))
+        settle: dict[str, tuple[str, Ending, str]] = {}  # task id -> (user id, ending, error)
+        async with autocommit(self._sessions) as connection:
+            if tasks:
+                for task_id, user_id in await connection.execute(
+                    select(Task.id, Task.user_id).where(col(Task.id).in_(list(tasks)), _UNFINISHED)
+                ):
+                    ending = tasks[task_id].ending
+                    settle[task_id] = (
+                        user_id,
+                        ending,
+                        f"the task's workflow {ending.how} in Temporal",
+                    )
+            if sessions:
+                queued = select(Task.id, Task.user_id, Task.created_at, SessionTurn.session_id)
+                for task_id, user_id, created_at, session_id in await connection.execute(
+                    queued.join(SessionTurn, col(SessionTurn.task_id) == Task.id).where(
+                        col(SessionTurn.session_id).in_(list(sessions)),
+                        Task.status == TaskStatus.QUEUED.value,
+                    )
+                ):
+                    closed = sessions[session_id]
+                    if created_at <= closed.at:  # not a message to the session's next run
+                        settle[task_id] = (
+                            user_id,
+                            closed.ending,
+                            f"its session's workflow {closed.ending.how} in Temporal "
+                            "before the message was answered",
+                        )
+        for task_id, (user_id, ending, error) in settle.items():
+            await record_end(self._sessions, await self._ended(task_id, user_id, ending, error))
+            activity.logger.warning(
+                "task ended outside Keel, recorded", extra={"task_id": task_id, "error": error}
+            )
+        return len(settle)
+
+    async def _closed(self, workflow_type: str, id_prefix: str) -> dict[str, Closed]:
+        """This queue's workflows of this type that closed without recording their end,
+        within LOOKBACK, by their ID without `id_prefix`."""
         since = (utcnow() - LOOKBACK).isoformat()
         query = (
-            f"WorkflowType = 'AgentTaskWorkflow' AND TaskQueue = '{self._task_queue}' "
+            f"WorkflowType = '{workflow_type}' AND TaskQueue = '{self._task_queue}' "
             f"AND CloseTime > '{since}' AND ({_CLOSED_WITHOUT_RECORDING})"
         )
-        closed: dict[str, Ending] = {}
+        closed: dict[str, Closed] = {}
         async for execution in activity.client().list_workflows(query):
             ending = ENDINGS.get(execution.status) if execution.status else None
-            if execution.id.startswith(TASK_WORKFLOW_PREFIX) and ending is not None:
-                closed[execution.id.removeprefix(TASK_WORKFLOW_PREFIX)] = ending
-        if not closed:
-            return 0
-        async with autocommit(self._sessions) as connection:
-            unfinished = (
-                await connection.execute(
-                    select(Task.id, Task.user_id).where(
-                        col(Task.id).in_(list(closed)),
-                        col(Task.status).not_in([status.value for status in TERMINAL_STATUSES]),
-                    )
-                )
-            ).all()
-        for task_id, user_id in unfinished:
-            ending = closed[task_id]
-            await record_end(self._sessions, await self._ended(task_id, user_id, ending))
-            activity.logger.warning(
-                "task ended outside Keel, recorded",
-                extra={"task_id": task_id, "error": ending.error},
-            )
-        return len(unfinished)
+            if ending and execution.close_time and execution.id.startswith(id_prefix):
+                closed[execution.id.removeprefix(id_prefix)] = Closed(ending, execution.close_time)
+        return closed
 
-    async def _ended(self, task_id: str, user_id: str, ending: Ending) -> TaskProgress:
+    async def _ended(self, task_id: str, user_id: str, ending: Ending, error: str) -> TaskProgress:
         """The task as its events last showed it, ended as its workflow did."""
         async with autocommit(self._sessions) as connection:
             found = await read_task(connection, task_id, user_id)
@@ -103,5 +127,5 @@ class ReconcileActivities:
         task, progress = found
         shown = progress or TaskProgress(task_id=task.id, status=task.status, phase=task.status)
         return shown.model_copy(
-            update={"status": ending.status, "phase": ending.status.value, "error": ending.error}
+            update={"status": ending.status, "phase": ending.status.value, "error": error}
         )

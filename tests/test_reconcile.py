@@ -14,12 +14,46 @@ from temporalio.client import (
 )
 from temporalio.worker import Worker
 
+from core.session_client import session_workflow_id
 from core.settings import Settings
 from tests.conftest import MakeAccount, assert_replays, eventually, wait_for_status
 from tests.fake_anthropic import FakeAnthropic, ToolCall, hang, tool_use
+from tests.test_sessions import create_session, echo, say
 from tests.test_task_progress import parse_events
 from workers.worker import ensure_reconcile_schedule
 from workflows.reconcile import ReconcileTasksWorkflow, reconcile_schedule_id
+
+Pass = WorkflowHandle[ReconcileTasksWorkflow, int]
+
+
+class Passes:
+    """Runs reconcile passes on the test's worker, keeping each for the replay check."""
+
+    def __init__(self, client: Client, worker: Worker) -> None:
+        self._client = client
+        self._worker = worker
+        self.handles: list[Pass] = []
+
+    async def one(self) -> int:
+        handle = await self._client.start_workflow(
+            ReconcileTasksWorkflow.run,
+            id=f"reconcile-{uuid.uuid4()}",
+            task_queue=self._worker.task_queue,
+        )
+        self.handles.append(handle)
+        return await handle.result()
+
+    async def until_settled(self, count: int) -> None:
+        """Pass after pass until one settles `count` tasks (visibility lags a moment)."""
+
+        async def settles() -> bool:
+            return await self.one() == count
+
+        await eventually(settles, what=f"a pass that settles {count} tasks")
+
+    async def replay(self) -> None:
+        for handle in self.handles:
+            await assert_replays(handle)
 
 
 async def test_a_task_terminated_in_temporal_is_settled_as_failed(
@@ -48,16 +82,8 @@ async def test_a_task_terminated_in_temporal_is_settled_as_failed(
         "status"
     ] == "running"
 
-    passes: list[WorkflowHandle[ReconcileTasksWorkflow, int]] = []
-
-    async def one_pass() -> int:
-        handle = await temporal_client.start_workflow(
-            ReconcileTasksWorkflow.run, id=f"reconcile-{uuid.uuid4()}", task_queue=worker.task_queue
-        )
-        passes.append(handle)
-        return await handle.result()
-
-    assert await eventually(one_pass, what="a pass that settles the task") == 1
+    passes = Passes(temporal_client, worker)
+    await passes.until_settled(1)
     task = (await api.get(f"/v1/tasks/{task_id}", headers=alice.headers)).json()
     assert task["status"] == "failed"
     assert task["error"] == "the task's workflow was terminated in Temporal"
@@ -71,9 +97,44 @@ async def test_a_task_terminated_in_temporal_is_settled_as_failed(
     assert [item["id"] for item in listed["items"]] == [task_id]
 
     # A second pass finds nothing left to settle; each pass replays.
-    assert await one_pass() == 0
-    for handle in passes:
-        await assert_replays(handle)
+    assert await passes.one() == 0
+    await passes.replay()
+
+
+async def test_messages_left_queued_by_a_terminated_session_are_settled(
+    api: httpx.AsyncClient,
+    worker: Worker,
+    temporal_client: Client,
+    fake_claude: FakeAnthropic,
+    make_account: MakeAccount,
+) -> None:
+    alice = await make_account()
+    fake_claude.respond_with(echo(delays={"first": 120}))
+    session_id = await create_session(api, alice)
+    first = await say(api, alice, session_id, "first")
+    second = await say(api, alice, session_id, "second")
+
+    async def first_asked() -> bool:
+        return len(fake_claude.requests) == 1
+
+    await eventually(first_asked, what="the first message's Claude call")
+    await temporal_client.get_workflow_handle(session_workflow_id(session_id)).terminate()
+    # The turn being answered is cancelled (its parent closed) and records that itself.
+    await wait_for_status(api, first, alice.headers, frozenset({"cancelled"}))
+
+    passes = Passes(temporal_client, worker)
+    await passes.until_settled(1)
+    queued = (await api.get(f"/v1/tasks/{second}", headers=alice.headers)).json()
+    assert queued["status"] == "failed"
+    assert queued["error"] == (
+        "its session's workflow was terminated in Temporal before the message was answered"
+    )
+    # The next message starts the session again; a later pass leaves it alone.
+    third = await say(api, alice, session_id, "third")
+    answered = await wait_for_status(api, third, alice.headers, frozenset({"completed"}))
+    assert answered["result"]["text"] == "re: third"
+    assert await passes.one() == 0
+    await passes.replay()
 
 
 async def test_every_worker_start_keeps_one_reconcile_schedule_up_to_date(
