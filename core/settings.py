@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(
         default=300,
         ge=10,
-        description="How often the worker's schedule settles tasks whose workflow was "
-        "terminated or timed out in Temporal.",
+        description="How often the worker's schedule settles tasks whose workflow ended in "
+        "Temporal without recording it (terminated, timed out, failed).",
     )
     default_context_tokens: int = Field(default=32_000, ge=256)
     session_idle_seconds: float = Field(default=3600.0, gt=0)
