@@ -36,11 +36,14 @@ class Settings(BaseSettings):
         ge=10,
         description="How late a schedule's firing, missed while Temporal was down, still runs.",
     )
-    reconcile_interval_seconds: int = Field(
+    housekeeping_interval_seconds: int = Field(
         default=300,
         ge=10,
-        description="How often the worker's schedule settles tasks whose workflow ended in "
-        "Temporal without recording it (terminated, timed out, failed).",
+        description="How often the worker's housekeeping schedule runs: it settles tasks whose "
+        "workflow ended in Temporal without recording it, and prunes old records.",
+    )
+    request_log_retention_days: int = Field(
+        default=30, ge=1, description="How long a request log row is kept."
     )
     default_context_tokens: int = Field(default=32_000, ge=256)
     session_idle_seconds: float = Field(default=3600.0, gt=0)

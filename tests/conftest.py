@@ -42,7 +42,7 @@ from tests.fake_anthropic import FakeAnthropic
 from workers.dev import TemporalDevServer
 from workers.worker import build_worker
 from workflows.agent_task import AgentTaskWorkflow
-from workflows.reconcile import ReconcileTasksWorkflow
+from workflows.housekeeping import HousekeepingWorkflow
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.session import SessionWorkflow
@@ -234,7 +234,7 @@ REPLAYER = Replayer(
         ReminderWorkflow,
         SessionWorkflow,
         TelegramDeliveryWorkflow,
-        ReconcileTasksWorkflow,
+        HousekeepingWorkflow,
     ],
     data_converter=data_converter(None),
 )

@@ -23,9 +23,9 @@ from temporalio.client import (
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.builtin_tools import builtin_registry
+from activities.housekeeping import HousekeepingActivities
 from activities.llm import LlmActivities
 from activities.notify import NotifyActivities, TelegramChannel
-from activities.reconcile import ReconcileActivities
 from activities.sessions import SessionActivities
 from activities.store import StoreActivities
 from activities.telegram import TelegramActivities, telegram_bot
@@ -35,9 +35,10 @@ from core.db import create_engine, session_factory
 from core.settings import Settings
 from core.telemetry import metrics_runtime, tracing_interceptors
 from core.temporal import connect_temporal
+from schemas.housekeeping import HousekeepingInput
 from workers.heap import freeze_startup_heap
 from workflows.agent_task import AgentTaskWorkflow
-from workflows.reconcile import ReconcileTasksWorkflow, reconcile_schedule_id
+from workflows.housekeeping import HousekeepingWorkflow, housekeeping_schedule_id
 from workflows.reminder import ReminderWorkflow
 from workflows.scheduled_run import ScheduledRunWorkflow
 from workflows.session import SessionWorkflow
@@ -95,7 +96,7 @@ def build_worker(
     notify = NotifyActivities(sessions, telegram_channels)
     session_posts = SessionActivities(sessions, settings)
     queue = task_queue or settings.task_queue
-    reconcile = ReconcileActivities(sessions, queue)
+    housekeeping = HousekeepingActivities(sessions, queue)
     options: dict[str, Any] = {
         "max_concurrent_activities": settings.worker_max_activities,
         "max_cached_workflows": settings.worker_max_cached_workflows,
@@ -112,7 +113,7 @@ def build_worker(
             ScheduledRunWorkflow,
             ReminderWorkflow,
             SessionWorkflow,
-            ReconcileTasksWorkflow,
+            HousekeepingWorkflow,
             *telegram_workflows,
         ],
         activities=[
@@ -129,29 +130,32 @@ def build_worker(
             store.cancel_queued_tasks,
             llm.fold_session_context,
             session_posts.post_to_session,
-            reconcile.settle_ended_tasks,
+            housekeeping.settle_ended_tasks,
+            housekeeping.prune_old_records,
             *telegram_activities,
         ],
         **options,
     )
 
 
-async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
-    """The schedule that settles tasks whose workflow ended outside Keel, one per task
-    queue: created by the first worker to start, brought up to date by every later one."""
-    schedule_id = reconcile_schedule_id(settings.task_queue)
+async def ensure_housekeeping_schedule(client: Client, settings: Settings) -> None:
+    """The schedule of Keel's upkeep (settling tasks whose workflow ended outside Keel,
+    pruning old records), one per task queue: created by the first worker to start, brought
+    up to date by every later one."""
+    schedule_id = housekeeping_schedule_id(settings.task_queue)
     schedule = Schedule(
-        # By name: given the typed method of a workflow without arguments, mypy solves the
-        # overload's type variables to Never and then rejects unrelated typed calls elsewhere.
         action=ScheduleActionStartWorkflow(
-            ReconcileTasksWorkflow.__name__,
+            HousekeepingWorkflow.run,
+            HousekeepingInput(request_log_retention_days=settings.request_log_retention_days),
             id=schedule_id,
             task_queue=settings.task_queue,
-            static_summary="settle tasks whose workflow ended outside Keel",
+            static_summary="Keel's upkeep: settle tasks ended outside Keel, prune old records",
         ),
         spec=ScheduleSpec(
             intervals=[
-                ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))
+                ScheduleIntervalSpec(
+                    every=timedelta(seconds=settings.housekeeping_interval_seconds)
+                )
             ]
         ),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
@@ -184,7 +188,7 @@ async def run_worker(
         interceptors=tracing_interceptors(settings.tracing, "keel-worker"),
     )
     worker = build_worker(client, settings, session_factory(engine), anthropic_client())
-    await ensure_reconcile_schedule(client, settings)
+    await ensure_housekeeping_schedule(client, settings)
     freeze_startup_heap()
     log.info("worker polling", task_queue=settings.task_queue)
     async with worker:

@@ -63,10 +63,11 @@ SESSION_POST_RETRY = RetryPolicy(
     non_retryable_error_types=["SessionNotFound", "ValueError"],
 )
 
-# Settling tasks whose workflow ended outside Keel: a visibility query and a write per task.
-# The next run of its schedule tries again, so a few attempts are enough.
-RECONCILE_TIMEOUT = timedelta(minutes=2)
-RECONCILE_RETRY = RetryPolicy(
+# Housekeeping: settling tasks whose workflow ended outside Keel (a visibility query and a
+# write per task) and pruning old rows in batches. The next run of its schedule tries
+# again, so a few attempts are enough.
+HOUSEKEEPING_TIMEOUT = timedelta(minutes=2)
+HOUSEKEEPING_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=3,

@@ -1,17 +1,25 @@
-"""Settling tasks whose workflow ended without recording its end.
+"""Keel's upkeep, one pass at a time (`workflows.housekeeping`).
 
-A task's workflow records how it ended in the tasks projection before it closes. One that
-is terminated, or runs past a timeout, in Temporal (an operator in the Web UI, `temporal
-workflow terminate`) closes without doing so: its row would stay `running` for good, count
-against its user's cap on unfinished tasks, and keep its event stream open. So would the
-messages still queued in a session whose workflow ended that way. Temporal is the source
-of truth for what is running, so this activity asks it which task and session workflows on
-the worker's queue have closed that way, and ends those rows as `failed` (`cancelled` for
-a workflow cancelled before it could record it), with what progress their events show."""
+Settling tasks whose workflow ended without recording its end. A task's workflow records how
+it ended in the tasks projection before it closes. One that is terminated, or runs past a
+timeout, in Temporal (an operator in the Web UI, `temporal workflow terminate`) closes
+without doing so: its row would stay `running` for good, count against its user's cap on
+unfinished tasks, and keep its event stream open. So would the messages still queued in a
+session whose workflow ended that way. Temporal is the source of truth for what is running,
+so the pass asks it which task and session workflows on the worker's queue have closed that
+way, and ends those rows as `failed` (`cancelled` for a workflow cancelled before it could
+record it), with what progress their events show.
+
+Pruning records past their retention: request log rows after KEEL_REQUEST_LOG_RETENTION_DAYS
+(passed in by the schedule),
+and the Telegram update ids kept to handle a redelivered update once, after a week (Telegram
+redelivers for a day at most)."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,12 +31,13 @@ from core.db import autocommit
 from core.progress import read_task
 from core.session_client import session_workflow_id
 from schemas.agent_task import TERMINAL_STATUSES, TaskProgress, TaskStatus
-from schemas.tables import SessionTurn, Task, utcnow
+from schemas.housekeeping import HousekeepingInput, Pruned
+from schemas.tables import RequestLog, SessionTurn, Task, TelegramUpdate, utcnow
 from workflows.agent_task import task_workflow_id
 
-# How far back closed workflows are looked for: the schedule runs every few minutes, so a
-# day covers a worker that was down for most of one.
-LOOKBACK = timedelta(days=1)
+TELEGRAM_UPDATE_RETENTION = timedelta(days=7)
+# Rows deleted per statement, so a large backlog never holds a long lock or a huge transaction.
+PRUNE_BATCH_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -58,17 +67,47 @@ class Closed:
     at: datetime
 
 
-class ReconcileActivities:
+class HousekeepingActivities:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], task_queue: str) -> None:
         self._sessions = sessions
         self._task_queue = task_queue
 
     @activity.defn
-    async def settle_ended_tasks(self) -> int:
+    async def prune_old_records(self, job: HousekeepingInput) -> Pruned:
+        """Delete request log rows and Telegram update ids past their retention."""
+        now = utcnow()
+        request_log_retention = timedelta(days=job.request_log_retention_days)
+        return Pruned(
+            request_logs=await self._prune(
+                RequestLog.id, RequestLog.created_at, now - request_log_retention
+            ),
+            telegram_updates=await self._prune(
+                TelegramUpdate.update_id,
+                TelegramUpdate.received_at,
+                now - TELEGRAM_UPDATE_RETENTION,
+            ),
+        )
+
+    async def _prune(self, key: Any, stamp: Any, before: datetime) -> int:
+        """Delete the rows of `key`'s table stamped before `before`, a batch per statement."""
+        table = key.table
+        oldest = select(key).where(stamp < before).limit(PRUNE_BATCH_ROWS)
+        deleted = 0
+        while True:
+            async with autocommit(self._sessions) as connection:
+                batch = (await connection.execute(delete(table).where(key.in_(oldest)))).rowcount
+            deleted += batch
+            activity.heartbeat(deleted)
+            if batch < PRUNE_BATCH_ROWS:
+                return deleted
+
+    @activity.defn
+    async def settle_ended_tasks(self, job: HousekeepingInput) -> int:
         """End the rows of tasks whose workflow closed without recording its end, and of
         messages left queued in a session whose workflow did; how many."""
-        tasks = await self._closed("AgentTaskWorkflow", task_workflow_id(""))
-        sessions = await self._closed("SessionWorkflow", session_workflow_id(""))
+        since = utcnow() - timedelta(hours=job.settle_lookback_hours)
+        tasks = await self._closed("AgentTaskWorkflow", task_workflow_id(""), since)
+        sessions = await self._closed("SessionWorkflow", session_workflow_id(""), since)
         settle: dict[str, tuple[str, Ending, str]] = {}  # task id -> (user id, ending, error)
         async with autocommit(self._sessions) as connection:
             if tasks:
@@ -104,13 +143,14 @@ class ReconcileActivities:
             )
         return len(settle)
 
-    async def _closed(self, workflow_type: str, id_prefix: str) -> dict[str, Closed]:
-        """This queue's workflows of this type that closed without recording their end,
-        within LOOKBACK, by their ID without `id_prefix`."""
-        since = (utcnow() - LOOKBACK).isoformat()
+    async def _closed(
+        self, workflow_type: str, id_prefix: str, since: datetime
+    ) -> dict[str, Closed]:
+        """This queue's workflows of this type that closed without recording their end
+        since `since`, by their ID without `id_prefix`."""
         query = (
             f"WorkflowType = '{workflow_type}' AND TaskQueue = '{self._task_queue}' "
-            f"AND CloseTime > '{since}' AND ({_CLOSED_WITHOUT_RECORDING})"
+            f"AND CloseTime > '{since.isoformat()}' AND ({_CLOSED_WITHOUT_RECORDING})"
         )
         closed: dict[str, Closed] = {}
         async for execution in activity.client().list_workflows(query):
