@@ -11,9 +11,8 @@ way, and ends those rows as `failed` (`cancelled` for a workflow cancelled befor
 record it), with what progress their events show.
 
 Pruning records past their retention: request log rows after KEEL_REQUEST_LOG_RETENTION_DAYS
-(passed in by the schedule),
-and the Telegram update ids kept to handle a redelivered update once, after a week (Telegram
-redelivers for a day at most)."""
+(passed in by the schedule), and the Telegram update ids kept to handle a redelivered update
+once, after a week (Telegram redelivers for a day at most)."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta

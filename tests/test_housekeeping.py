@@ -71,7 +71,6 @@ async def test_a_task_terminated_in_temporal_is_settled_as_failed(
     temporal_client: Client,
     fake_claude: FakeAnthropic,
     make_account: MakeAccount,
-    settings: Settings,
 ) -> None:
     alice = await make_account()
     fake_claude.script(tool_use(ToolCall("get_current_time", {})), hang(120))
@@ -153,10 +152,10 @@ async def test_records_past_their_retention_are_pruned(
     first_update = random.randrange(10**12, 10**13)
     stale = {f"stale-{uuid.uuid4()}" for _ in range(2)}
     kept = f"kept-{uuid.uuid4()}"
+    logged_at = {request_id: now - timedelta(days=31) for request_id in stale}
+    logged_at[kept] = now - timedelta(days=29)
     async with session_scope(sessions) as session:
-        for request_id, at in [(request_id, now - timedelta(days=31)) for request_id in stale] + [
-            (kept, now - timedelta(days=29))
-        ]:
+        for request_id, at in logged_at.items():
             session.add(
                 RequestLog(
                     created_at=at, request_id=request_id, method="GET", status=200, latency_ms=1.0
